@@ -1,0 +1,31 @@
+"""diffmem: memorization vs generalization in diffusion models (Ye, Zhu, Tao, Chen; ICLR 2026)."""
+import setuptools
+
+setuptools.setup(
+    name="diffmem",
+    version="0.1.0",
+    description="Reference JAX/Flax implementation of 'Provable Separations between Memorization "
+                "and Generalization in Diffusion Models'.",
+    packages=setuptools.find_packages(include=["diffmem", "diffmem.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.5.0,<0.13",
+        "flax>=0.10.0,<0.13",
+        "optax>=0.2.4,<0.3",
+        "orbax-checkpoint>=0.11.0,<0.13",
+        "tensorflow-datasets>=4.9.7,<4.10",
+        "importlib_resources>=6.0",  # tensorflow-datasets builders crash without it
+        "ml-collections>=1.0.0,<2",
+        "chex>=0.1.89,<0.2",
+        "absl-py>=2.1,<3",
+        "numpy>=1.26,<3",
+        "matplotlib>=3.8,<4",
+        "scikit-learn>=1.5,<2",
+        "tqdm>=4.66,<5",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "scipy>=1.11,<2"],
+        "gpu": ["jax[cuda12]>=0.5.0,<0.13"],
+        "tfds-prepare": ["tensorflow-cpu>=2.16,<3"],
+    },
+)

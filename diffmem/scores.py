@@ -1,0 +1,291 @@
+"""Closed-form scores and log-densities of the OU marginals (PAPER.md section 1).
+
+* Gaussian mixture P = sum_k pi_k N(mu_k, Sigma_k): at time t component k is
+  N(alpha_t mu_k, alpha_t^2 Sigma_k + sigma_t^2 I); the score is the posterior-weighted sum of the
+  component scores.
+* Empirical distribution of n points: P_hat_t = (1/n) sum_i N(alpha_t x_i, sigma_t^2 I), whose score
+  score_hat(x, t) = (alpha_t sum_i w_i(x) x_i - x) / sigma_t^2,  w = softmax_i(-||x - alpha_t x_i||^2 / 2 sigma_t^2)
+  is the global minimiser of the DSM loss (eq. 3.1).
+
+The empirical quantities stream over the training points in chunks with an online log-sum-exp, so
+memory is O(queries x chunk + queries x d) whatever n is. A `mask` (n,) lets training sets of
+different sizes share one padded array (entries with mask 0 do not exist). For training sets that do
+not fit on the device (n = 10^6 at d = 3072 is 12 GB of float32), pass a host numpy array (or a
+np.memmap) to `empirical_stats_streaming`: chunks are copied to the device one at a time, so the
+device holds O(chunk x d); the host must hold (or memory-map) the data.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from diffmem import sde
+
+Array = jax.Array
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+# ------------------------------------------------------------------------------ Gaussian mixtures
+
+@struct.dataclass
+class GaussianMixture:
+    """P = sum_k weights_k N(means_k, Sigma_k) with Sigma_k = V_k diag(eigvals_k) V_k^T.
+
+    weights (K,), means (K, d), eigvals (K, d) > 0, eigvecs (K, d, d) or None (axis-aligned:
+    isotropic or diagonal covariances). Build it with `gaussian_mixture`.
+    """
+    weights: Array
+    means: Array
+    eigvals: Array
+    eigvecs: Optional[Array] = None
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[-1]
+
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[0]
+
+    def trace_cov(self) -> Array:
+        """sum_k pi_k tr(Sigma_k) (equals tr(Sigma) for a shared covariance)."""
+        return jnp.sum(self.weights * jnp.sum(self.eigvals, -1))
+
+
+def gaussian_mixture(means, cov=1.0, weights=None, cov_type: str = "isotropic") -> GaussianMixture:
+    """Builds a GaussianMixture.
+
+    means (K, d). cov_type and the accepted shapes of `cov`:
+      'isotropic': () shared s^2, or (K,) per component;
+      'diagonal':  (d,) shared, or (K, d);
+      'full':      (d, d) shared, or (K, d, d) (symmetric positive definite).
+    weights (K,) non-negative, normalised here; None = equal weights.
+    """
+    means = jnp.asarray(means, jnp.float32)
+    if means.ndim != 2:
+        raise ValueError(f"means must have shape (K, d), got {means.shape}")
+    k, d = means.shape
+    if weights is None:
+        weights = jnp.full((k,), 1.0 / k)
+    weights = jnp.asarray(weights, jnp.float32)
+    if weights.shape != (k,) or bool(jnp.any(weights < 0)) or not float(jnp.sum(weights)) > 0:
+        raise ValueError(f"weights must be (K,)=({k},) non-negative with a positive sum, got {weights}")
+    weights = weights / jnp.sum(weights)
+    cov = jnp.asarray(cov, jnp.float32)
+    eigvecs = None
+    if cov_type == "isotropic":
+        if cov.shape not in ((), (k,)):
+            raise ValueError(f"isotropic cov must have shape () or (K,)=({k},), got {cov.shape}")
+        eigvals = jnp.broadcast_to(cov.reshape(cov.shape + (1,)), (k, d))
+    elif cov_type == "diagonal":
+        if cov.shape not in ((d,), (k, d)):
+            raise ValueError(f"diagonal cov must have shape (d,)=({d},) or (K, d)=({k}, {d}), got {cov.shape}")
+        eigvals = jnp.broadcast_to(cov, (k, d))
+    elif cov_type == "full":
+        if cov.shape not in ((d, d), (k, d, d)):
+            raise ValueError(f"full cov must have shape (d, d) or (K, d, d), got {cov.shape}")
+        if not bool(jnp.allclose(cov, jnp.swapaxes(cov, -1, -2), atol=1e-5)):
+            raise ValueError("full cov must be symmetric")
+        eigvals, eigvecs = jnp.linalg.eigh(jnp.broadcast_to(cov, (k, d, d)))
+    else:
+        raise ValueError(f"cov_type must be 'isotropic', 'diagonal' or 'full', got {cov_type!r}")
+    if not bool(jnp.all(eigvals > 0)) or not bool(jnp.all(jnp.isfinite(means))):
+        raise ValueError("covariances must be positive definite and means finite")
+    return GaussianMixture(weights=weights, means=means, eigvals=jnp.asarray(eigvals), eigvecs=eigvecs)
+
+
+def random_mixture(key: Array, num_components: int, dim: int, mean_std: float = 2.0,
+                   cov_scale: float = 1.0) -> GaussianMixture:
+    """The mixture of PAPER.md section 4: equal weights, mu_k ~ N(0, mean_std^2 I_d) (paper: 2),
+    Sigma = cov_scale^2 I_d (paper: 1)."""
+    if num_components < 1 or dim < 1:
+        raise ValueError(f"num_components and dim must be >= 1, got {num_components}, {dim}")
+    means = mean_std * jax.random.normal(key, (num_components, dim))
+    return gaussian_mixture(means, cov_scale ** 2)
+
+
+def sample_mixture(key: Array, mix: GaussianMixture, n: int) -> Array:
+    """n i.i.d. draws from the mixture at t = 0, (n, d)."""
+    kc, kz = jax.random.split(key)
+    comp = jax.random.choice(kc, mix.num_components, (n,), p=mix.weights)  # (n,)
+    z = jax.random.normal(kz, (n, mix.dim)) * jnp.sqrt(mix.eigvals[comp])  # (n, d)
+    if mix.eigvecs is not None:
+        z = jnp.einsum("nij,nj->ni", mix.eigvecs[comp], z)
+    return mix.means[comp] + z
+
+
+def _mixture_terms(x: Array, t: Array, mix: GaussianMixture):
+    """Per-component log-densities (m, K) and scores (m, K, d) of the time-t marginal."""
+    a = sde.alpha(t)[:, None, None]                       # (m, 1, 1)
+    s2 = sde.sigma2(t)[:, None, None]
+    var = a * a * mix.eigvals[None] + s2                  # (m, K, d) eigenvalues of the covariance
+    diff = x[:, None, :] - a * mix.means[None]            # (m, K, d)
+    if mix.eigvecs is not None:
+        diff = jnp.einsum("kji,mkj->mki", mix.eigvecs, diff)  # rotate into the eigenbasis
+    z = diff / var                                        # (m, K, d)
+    logp = (-0.5 * jnp.sum(diff * z, -1) - 0.5 * jnp.sum(jnp.log(var), -1)
+            - 0.5 * x.shape[-1] * LOG_2PI)                # (m, K)
+    score = -z
+    if mix.eigvecs is not None:
+        score = jnp.einsum("kij,mkj->mki", mix.eigvecs, score)
+    return logp + jnp.log(mix.weights)[None], score
+
+
+def mixture_logpdf(x: Array, t: Array, mix: GaussianMixture) -> Array:
+    """log p_t(x) of the mixture's time-t marginal. x (m, d), t () or (m,) -> (m,)."""
+    x, t = _check_queries(x, t, mix.dim)
+    logp, _ = _mixture_terms(x, t, mix)
+    return jax.nn.logsumexp(logp, -1)
+
+
+def mixture_score(x: Array, t: Array, mix: GaussianMixture) -> Array:
+    """grad_x log p_t(x) of the mixture's time-t marginal. x (m, d), t () or (m,) -> (m, d)."""
+    x, t = _check_queries(x, t, mix.dim)
+    logp, comp_scores = _mixture_terms(x, t, mix)
+    post = jax.nn.softmax(logp, -1)                       # (m, K) posterior over components
+    return jnp.einsum("mk,mkd->md", post, comp_scores)
+
+
+# ----------------------------------------------------------------------- empirical distribution
+
+class EmpiricalStats(struct.PyTreeNode):
+    """Online log-sum-exp state over training points j for each query x:
+    logits_j = (2 alpha x.x_j - alpha^2 ||x_j||^2) / (2 sigma^2) + log mask_j
+    (the query norm ||x||^2 / 2 sigma^2 is common to all j and added back in `empirical_logpdf`).
+    """
+    max: Array    # (m,)     running max of the logits
+    sum: Array    # (m,)     sum_j exp(logit_j - max)
+    mean: Array   # (m, d)   sum_j exp(logit_j - max) x_j
+    count: Array  # ()       number of unmasked training points
+
+
+def _init_stats(x: Array) -> EmpiricalStats:
+    m = x.shape[0]
+    return EmpiricalStats(max=jnp.full((m,), jnp.finfo(x.dtype).min, x.dtype),
+                          sum=jnp.zeros((m,), x.dtype), mean=jnp.zeros_like(x),
+                          count=jnp.zeros((), x.dtype))
+
+
+def _update_stats(st: EmpiricalStats, x: Array, t: Array, xc: Array, mc: Array) -> EmpiricalStats:
+    """Folds one chunk of training points xc (c, d) with mask mc (c,) into the state."""
+    a = sde.alpha(t)                                      # (m,)
+    inv = 1.0 / (2.0 * sde.sigma2(t))                     # (m,)
+    logits = (2.0 * a[:, None] * (x @ xc.T) - (a * a)[:, None] * jnp.sum(xc * xc, -1)[None])
+    logits = logits * inv[:, None]                        # (m, c)
+    logits = jnp.where(mc[None] > 0, logits + jnp.log(jnp.where(mc > 0, mc, 1.0))[None], -jnp.inf)
+    new_max = jnp.maximum(st.max, jnp.max(logits, -1))    # (m,)
+    scale = jnp.exp(st.max - new_max)                     # (m,)
+    p = jnp.exp(logits - new_max[:, None])                # (m, c)
+    return EmpiricalStats(max=new_max, sum=st.sum * scale + jnp.sum(p, -1),
+                          mean=st.mean * scale[:, None] + p @ xc,
+                          count=st.count + jnp.sum(mc > 0))
+
+
+@functools.partial(jax.jit, static_argnames=("chunk",))
+def empirical_stats(x: Array, t: Array, data: Array, mask: Optional[Array] = None,
+                    chunk: int = 4096) -> EmpiricalStats:
+    """Streams the n training points in chunks of `chunk` (lax.scan). x (m, d), t (m,), data (n, d)."""
+    n, d = data.shape
+    if mask is None:
+        mask = jnp.ones((n,), x.dtype)
+    mask = mask.astype(x.dtype)
+    chunk = max(1, min(chunk, n))
+    pad = (-n) % chunk
+    data = jnp.pad(data, ((0, pad), (0, 0))).reshape(-1, chunk, d)
+    mask = jnp.pad(mask, (0, pad)).reshape(-1, chunk)
+    step = lambda st, c: (_update_stats(st, x, t, c[0], c[1]), None)
+    st, _ = jax.lax.scan(step, _init_stats(x), (data, mask))
+    return st
+
+
+_update_stats_jit = jax.jit(_update_stats)
+
+
+def empirical_stats_streaming(x: Array, t: Array, data: np.ndarray, mask: Optional[np.ndarray] = None,
+                              chunk: int = 8192) -> EmpiricalStats:
+    """Same as `empirical_stats` for a host (numpy / memmap) training set too large for the device:
+    chunks are copied to the device one at a time. The last chunk is padded to keep one compilation."""
+    x, t = _check_queries(x, t, data.shape[-1])
+    n = data.shape[0]
+    st = _init_stats(x)
+    for lo in range(0, n, chunk):
+        xc = np.asarray(data[lo:lo + chunk], np.float32)
+        mc = np.ones((xc.shape[0],), np.float32) if mask is None else np.asarray(mask[lo:lo + chunk], np.float32)
+        if xc.shape[0] < chunk and n > chunk:
+            pad = chunk - xc.shape[0]
+            xc, mc = np.pad(xc, ((0, pad), (0, 0))), np.pad(mc, (0, pad))
+        st = _update_stats_jit(st, x, t, jnp.asarray(xc), jnp.asarray(mc))
+    return st
+
+
+def _check_data(x: Array, data: Array, mask: Optional[Array]):
+    if data.ndim != 2:
+        raise ValueError(f"data must have shape (n, d), got {data.shape}")
+    if data.shape[0] == 0:
+        raise ValueError("data must hold n >= 1 training points, got n = 0")
+    if data.shape[1] != x.shape[-1]:
+        raise ValueError(f"dimension mismatch: queries x have d={x.shape[-1]}, data has d={data.shape[1]}")
+    if mask is not None and mask.shape != data.shape[:1]:
+        raise ValueError(f"mask must have shape (n,)=({data.shape[0]},), got {mask.shape}")
+    if _is_concrete(data) and not np.isfinite(np.asarray(data)).all():
+        raise ValueError("data contains NaN or inf")
+    if mask is not None and _is_concrete(mask) and not (np.asarray(mask) > 0).any():
+        raise ValueError("mask selects no training point (n = 0); at least one entry must be > 0")
+
+
+def _is_concrete(a) -> bool:
+    return not isinstance(a, jax.core.Tracer)
+
+
+def empirical_score(x: Array, t: Array, data: Array, mask: Optional[Array] = None,
+                    chunk: int = 4096) -> Array:
+    """score_hat(x, t) = (alpha_t sum_i w_i x_i - x) / sigma_t^2 (PAPER.md section 1).
+
+    x (m, d); t () or (m,); data (n, d); mask (n,) or None. Returns (m, d).
+    """
+    x, t = _check_queries(x, t, data.shape[-1])
+    _check_data(x, data, mask)
+    st = empirical_stats(x, t, data, mask, chunk)
+    return score_from_stats(st, x, t)
+
+
+def score_from_stats(st: EmpiricalStats, x: Array, t: Array) -> Array:
+    """The empirical score from a finished EmpiricalStats. x (m, d), t (m,) -> (m, d)."""
+    return (sde.alpha(t)[:, None] * st.mean / st.sum[:, None] - x) / sde.sigma2(t)[:, None]
+
+
+def logpdf_from_stats(st: EmpiricalStats, x: Array, t: Array) -> Array:
+    """log P_hat_t(x) from a finished EmpiricalStats. x (m, d), t (m,) -> (m,)."""
+    s2 = sde.sigma2(t)
+    d = x.shape[-1]
+    return (st.max + jnp.log(st.sum) - jnp.sum(x * x, -1) / (2.0 * s2)
+            - jnp.log(st.count) - 0.5 * d * (LOG_2PI + jnp.log(s2)))
+
+
+def empirical_logpdf(x: Array, t: Array, data: Array, mask: Optional[Array] = None,
+                     chunk: int = 4096) -> Array:
+    """log P_hat_t(x), P_hat_t = (1/n) sum_i N(alpha_t x_i, sigma_t^2 I). x (m, d) -> (m,)."""
+    x, t = _check_queries(x, t, data.shape[-1])
+    _check_data(x, data, mask)
+    return logpdf_from_stats(empirical_stats(x, t, data, mask, chunk), x, t)
+
+
+def _check_queries(x: Array, t: Array, d: int):
+    """Validates queries (m, d) and broadcasts t to (m,). Raises ValueError on bad input."""
+    x = jnp.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"queries x must have shape (m, d), got {x.shape}")
+    if x.shape[-1] != d:
+        raise ValueError(f"dimension mismatch: queries x have d={x.shape[-1]}, expected d={d}")
+    t = jnp.asarray(t, x.dtype)
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != x.shape[0]):
+        raise ValueError(f"t must be a scalar or have shape (m,)=({x.shape[0]},), got {t.shape}")
+    sde.check_time(t)
+    return x, jnp.broadcast_to(t, x.shape[:1])

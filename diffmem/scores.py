@@ -139,15 +139,15 @@ def _mixture_terms(x: Array, t: Array, mix: GaussianMixture):
 
 
 def mixture_logpdf(x: Array, t: Array, mix: GaussianMixture) -> Array:
-    """log p_t(x) of the mixture's time-t marginal. x (m, d), t () or (m,) -> (m,)."""
-    x, t = _check_queries(x, t, mix.dim)
+    """log p_t(x) of the mixture's time-t marginal (t = 0: the mixture itself). x (m, d), t () or (m,) -> (m,)."""
+    x, t = _check_queries(x, t, mix.dim, allow_zero=True)
     logp, _ = _mixture_terms(x, t, mix)
     return jax.nn.logsumexp(logp, -1)
 
 
 def mixture_score(x: Array, t: Array, mix: GaussianMixture) -> Array:
     """grad_x log p_t(x) of the mixture's time-t marginal. x (m, d), t () or (m,) -> (m, d)."""
-    x, t = _check_queries(x, t, mix.dim)
+    x, t = _check_queries(x, t, mix.dim, allow_zero=True)
     logp, comp_scores = _mixture_terms(x, t, mix)
     post = jax.nn.softmax(logp, -1)                       # (m, K) posterior over components
     return jnp.einsum("mk,mkd->md", post, comp_scores)
@@ -277,7 +277,7 @@ def empirical_logpdf(x: Array, t: Array, data: Array, mask: Optional[Array] = No
     return logpdf_from_stats(empirical_stats(x, t, data, mask, chunk), x, t)
 
 
-def _check_queries(x: Array, t: Array, d: int):
+def _check_queries(x: Array, t: Array, d: int, allow_zero: bool = False):
     """Validates queries (m, d) and broadcasts t to (m,). Raises ValueError on bad input."""
     x = jnp.asarray(x)
     if x.ndim != 2:
@@ -287,5 +287,9 @@ def _check_queries(x: Array, t: Array, d: int):
     t = jnp.asarray(t, x.dtype)
     if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != x.shape[0]):
         raise ValueError(f"t must be a scalar or have shape (m,)=({x.shape[0]},), got {t.shape}")
-    sde.check_time(t)
+    if allow_zero and not isinstance(t, jax.core.Tracer):
+        if not bool(jnp.all(t >= 0)):
+            raise ValueError(f"t must be >= 0, got min {float(jnp.min(t))}")
+    else:
+        sde.check_time(t)
     return x, jnp.broadcast_to(t, x.shape[:1])

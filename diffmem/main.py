@@ -1,0 +1,26 @@
+"""Entry point: python -m diffmem.main --config=configs/<experiment>.py[:arg] --workdir=DIR.
+
+Thin absl entry (flax/examples style): parses and locks the config, then hands it to the experiment
+named by `config.experiment` (a module of diffmem.experiments exposing `run(config, workdir)`).
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from diffmem import experiments
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for config.json, results.json, plots and checkpoints.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected command-line arguments: {argv[1:]}")
+    logging.set_verbosity(logging.INFO)
+    experiments.run(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

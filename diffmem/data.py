@@ -1,0 +1,507 @@
+"""Image data for training diffusion models (PAPER.md section 4: a random 5,000-image CIFAR-10 subset).
+
+Sources (the `name` argument of `load_images`):
+  * 'digits'           scikit-learn's bundled 8x8 digits (1797 images, 1 channel, values 0..16); the offline
+                       default. It has no split: split='train' means all images.
+  * 'tfds:<name>'      any TFDS image dataset with an 'image' feature (and optional 'label'), e.g. 'tfds:cifar10',
+                       'tfds:mnist', 'tfds:fashion_mnist', 'tfds:mnist:3.0.1'. Read with `tfds.data_source`
+                       (ArrayRecord random access, no tensorflow needed); only the chosen records are decoded.
+                       Never downloads: an unprepared dataset fails at once with instructions.
+  * 'npz:<path>'       an .npz with 'images' (n, H, W[, C]) and optional 'labels' (n,) / 'num_classes' (scalar).
+  * 'idx:<dir>'        MNIST-format IDX files: <prefix>-images[-.]idx3-ubyte[.gz] and
+                       <prefix>-labels[-.]idx1-ubyte[.gz] with prefix 'train' (split='train') or 't10k' / 'test'
+                       (split='test').
+
+Pixel range, decided by dtype (never by the values): uint8 is read as 0..255 and mapped to [-1, 1] by
+x / 127.5 - 1; floating point is taken as already in [-1, 1] (it must be finite and inside [-1, 1]); any other
+dtype is rejected. Images are returned as float32 (n, H, W, C).
+
+Subsets: `subset_indices` draws a uniformly random subset of size n from a numpy Generator seeded with `seed`
+(one permutation of range(N); the first n, or the first n / K of every class when class-balanced), returned
+sorted. It only depends on (N, n, seed[, labels]), so the same seed picks the same indices whatever the source.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import gzip
+import math
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+ACCEPTED_NAMES = ("'digits'", "'tfds:<name>' (e.g. 'tfds:cifar10', 'tfds:mnist')", "'npz:<path>'",
+                  "'idx:<dir>'")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImageData:
+    """An image set (or a traceable subset of one).
+
+    images: float32 (n, H, W, C) in [-1, 1]; labels: int32 (n,), -1 where unknown; indices: int64 (n,), the
+    positions of these images in the source split; name: the `load_images` name (plus split); num_classes: number
+    of classes of the source (0 when it has no labels).
+    """
+    images: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+    name: str
+    num_classes: int
+
+    def __post_init__(self):
+        if not isinstance(self.images, np.ndarray) or self.images.ndim != 4 or self.images.dtype != np.float32:
+            raise ValueError("images must be a float32 np.ndarray of shape (n, H, W, C), got "
+                             f"{type(self.images).__name__} {getattr(self.images, 'dtype', None)} "
+                             f"{getattr(self.images, 'shape', None)}")
+        n = self.images.shape[0]
+        for field, dtype in (("labels", np.int32), ("indices", np.int64)):
+            value = getattr(self, field)
+            if not isinstance(value, np.ndarray) or value.dtype != dtype or value.shape != (n,):
+                raise ValueError(f"{field} must be a {np.dtype(dtype).name} np.ndarray of shape ({n},), got "
+                                 f"{getattr(value, 'dtype', type(value).__name__)} {getattr(value, 'shape', None)}")
+        bad = (self.labels < -1) | (self.labels >= self.num_classes)
+        if self.num_classes < 0 or np.any(bad):
+            raise ValueError(f"labels must lie in [0, num_classes={self.num_classes}) or be -1 (unknown), got "
+                             f"{self.labels[bad][:5].tolist()}")
+
+    @property
+    def n(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C)."""
+        return tuple(self.images.shape[1:])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pixel conversion and subsets (pure numpy).
+
+
+def to_unit_range(images: np.ndarray, what: str = "images") -> np.ndarray:
+    """uint8 0..255 -> x / 127.5 - 1; float must already be finite and in [-1, 1]. Returns float32 (n, H, W, C).
+
+    Accepts (n, H, W) (one channel added) or (n, H, W, C).
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[0] == 0 or min(images.shape[1:]) <= 0:
+        raise ValueError(f"{what} must have shape (n, H, W) or (n, H, W, C) with n, H, W, C > 0, "
+                         f"got {images.shape}")
+    if images.dtype == np.uint8:
+        return (images.astype(np.float32) / np.float32(127.5) - np.float32(1.0))
+    if np.issubdtype(images.dtype, np.floating):
+        images = images.astype(np.float32)
+        finite = np.isfinite(images)
+        if not finite.all():
+            raise ValueError(f"{what} contain {int((~finite).sum())} NaN/inf values")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < -1.0 or hi > 1.0:
+            raise ValueError(f"{what}: float images must lie in [-1, 1] (give uint8 0..255 otherwise), "
+                             f"got range [{lo}, {hi}]")
+        return images
+    raise ValueError(f"{what} must be uint8 (0..255) or floating point (in [-1, 1]), got dtype {images.dtype}")
+
+
+def _check_labels(labels: Any, n: int, what: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{what} must be an integer array of shape ({n},), got {labels.dtype} {labels.shape}")
+    if n and labels.min() < 0:
+        raise ValueError(f"{what} must be >= 0, got min {labels.min()}")
+    return labels.astype(np.int64)
+
+
+def subset_indices(num_available: int, n: int | None, seed: int, labels: np.ndarray | None = None,
+                   class_balanced: bool = False, num_classes: int | None = None) -> np.ndarray:
+    """Sorted int64 indices of a random subset of range(num_available) of size n (all when n is None).
+
+    One permutation of range(num_available) from np.random.default_rng(seed); the subset is its first n entries,
+    or, when class_balanced, the first n / num_classes entries of every class (labels: (num_available,) in
+    [0, num_classes)).
+    """
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer))):
+        raise ValueError(f"n must be a positive int or None, got {n!r}")
+    if n is not None and not 0 < n <= num_available:
+        raise ValueError(f"n must be in [1, {num_available}] (the available size), got n={n}")
+    if not class_balanced:
+        if n is None:
+            return np.arange(num_available, dtype=np.int64)
+        perm = np.random.default_rng(seed).permutation(num_available)
+        return np.sort(perm[:n]).astype(np.int64)
+    if labels is None or num_classes is None or num_classes <= 0:
+        raise ValueError("class_balanced=True needs labelled data (this source has no labels)")
+    labels = np.asarray(labels)
+    if labels.shape != (num_available,) or labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must have shape ({num_available},) and values in [0, {num_classes}), got shape "
+                         f"{labels.shape} and range [{labels.min()}, {labels.max()}]")
+    counts = np.bincount(labels, minlength=num_classes)
+    if n is None:
+        if counts.min() != counts.max():
+            raise ValueError(f"class_balanced=True with n=None needs equal class sizes, got counts "
+                             f"{counts.tolist()}; pass n (a multiple of {num_classes}, at most "
+                             f"{num_classes * counts.min()})")
+        return np.arange(num_available, dtype=np.int64)
+    if n % num_classes:
+        raise ValueError(f"class_balanced=True needs n divisible by num_classes={num_classes}, got n={n}")
+    per_class = n // num_classes
+    if per_class > counts.min():
+        raise ValueError(f"class_balanced=True with n={n} needs {per_class} images per class but class "
+                         f"{int(counts.argmin())} has only {int(counts.min())} (at most n="
+                         f"{num_classes * int(counts.min())})")
+    perm = np.random.default_rng(seed).permutation(num_available)
+    chosen = [perm[labels[perm] == c][:per_class] for c in range(num_classes)]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def _finish(images: np.ndarray, labels: np.ndarray | None, indices: np.ndarray, name: str,
+            num_classes: int) -> ImageData:
+    images = to_unit_range(images, what=f"images of {name}")
+    labels = (np.full(len(indices), -1, np.int32) if labels is None else labels.astype(np.int32))
+    return ImageData(images=np.ascontiguousarray(images), labels=labels, indices=indices.astype(np.int64),
+                     name=name, num_classes=int(num_classes))
+
+
+def _require_train_split(split: str, source: str) -> None:
+    if split != "train":
+        raise ValueError(f"split must be 'train' for {source} (it has no splits; 'train' means all images), "
+                         f"got {split!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sources.
+
+
+def _load_digits(n, seed, split, class_balanced) -> ImageData:
+    from sklearn.datasets import load_digits
+    _require_train_split(split, "'digits'")
+    digits = load_digits()
+    images = digits.images.astype(np.float32) / np.float32(8.0) - np.float32(1.0)  # (1797, 8, 8), 0..16 -> [-1, 1]
+    labels = digits.target.astype(np.int64)
+    idx = subset_indices(len(images), n, seed, labels, class_balanced, 10)
+    return _finish(images[idx], labels[idx], idx, "digits", 10)
+
+
+def _load_npz(path, n, seed, split, class_balanced) -> ImageData:
+    _require_train_split(split, "'npz:' files")
+    if not os.path.isfile(path):
+        raise ValueError(f"name 'npz:{path}': no such file")
+    with np.load(path, allow_pickle=False) as f:
+        if "images" not in f.files:
+            raise ValueError(f"name 'npz:{path}': the .npz needs an 'images' array, found keys {f.files}")
+        images = f["images"]
+        if images.ndim not in (3, 4):
+            raise ValueError(f"'images' in {path} must have shape (n, H, W) or (n, H, W, C), got {images.shape}")
+        labels = _check_labels(f["labels"], len(images), f"'labels' in {path}") if "labels" in f.files else None
+        if "num_classes" in f.files:
+            num_classes = int(f["num_classes"])
+            if labels is not None and labels.size and labels.max() >= num_classes:
+                raise ValueError(f"'labels' in {path} must be < num_classes={num_classes}, got max {labels.max()}")
+        else:
+            num_classes = int(labels.max()) + 1 if labels is not None and labels.size else 0
+    idx = subset_indices(len(images), n, seed, labels, class_balanced, num_classes)
+    return _finish(images[idx], None if labels is None else labels[idx], idx, f"npz:{path}", num_classes)
+
+
+_IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Parses an IDX file (LeCun's MNIST format; gzip allowed): 2 zero bytes, a dtype byte, ndim, then ndim
+    big-endian uint32 dims and the big-endian data. Plain files are memory-mapped (only indexed rows are read)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        head = f.read(4)
+        if len(head) != 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES or head[3] == 0:
+            raise ValueError(f"{path} is not an IDX file (bad magic {head!r})")
+        dtype, ndim = _IDX_DTYPES[head[2]], head[3]
+        shape = tuple(int(d) for d in np.frombuffer(f.read(4 * ndim), ">u4"))
+        offset = 4 + 4 * ndim
+        size = math.prod(shape)
+        if opener is open:
+            if os.path.getsize(path) != offset + size * dtype.itemsize:
+                raise ValueError(f"{path}: size {os.path.getsize(path)} does not match the header shape {shape}")
+            return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        data = f.read()
+    if len(data) != size * dtype.itemsize:
+        raise ValueError(f"{path}: {len(data)} data bytes do not match the header shape {shape}")
+    return np.frombuffer(data, dtype).reshape(shape)
+
+
+def _find_idx(directory: str, prefixes: Sequence[str], kind: str, rank: int) -> str | None:
+    found = []
+    for prefix in prefixes:
+        for sep in ("-", "."):
+            for ext in ("", ".gz"):
+                found += glob.glob(os.path.join(directory, f"{prefix}-{kind}{sep}idx{rank}-ubyte{ext}"))
+    if len(found) > 1:
+        raise ValueError(f"name 'idx:{directory}': several {kind} files match: {sorted(found)}")
+    return found[0] if found else None
+
+
+def _load_idx(directory, n, seed, split, class_balanced) -> ImageData:
+    prefixes = {"train": ("train",), "test": ("t10k", "test")}
+    if split not in prefixes:
+        raise ValueError(f"split must be 'train' or 'test' for 'idx:' directories, got {split!r}")
+    if not os.path.isdir(directory):
+        raise ValueError(f"name 'idx:{directory}': no such directory")
+    image_path = _find_idx(directory, prefixes[split], "images", 3)
+    if image_path is None:
+        raise ValueError(f"name 'idx:{directory}': no {prefixes[split][0]}-images-idx3-ubyte[.gz] file "
+                         f"for split {split!r}; found {sorted(os.listdir(directory))}")
+    images = read_idx(image_path)
+    if images.ndim not in (3, 4):
+        raise ValueError(f"{image_path} must hold (n, H, W) or (n, H, W, C) images, got shape {images.shape}")
+    label_path = _find_idx(directory, prefixes[split], "labels", 1)
+    labels = None
+    if label_path is not None:
+        labels = _check_labels(np.asarray(read_idx(label_path)), len(images), f"labels in {label_path}")
+    num_classes = int(labels.max()) + 1 if labels is not None and labels.size else 0
+    idx = subset_indices(len(images), n, seed, labels, class_balanced, num_classes)
+    return _finish(np.asarray(images[idx]), None if labels is None else labels[idx], idx,
+                   f"idx:{directory}:{split}", num_classes)
+
+
+def _tfds_data_dir(data_dir) -> str:
+    return os.fspath(data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets"))
+
+
+def _not_prepared_message(ds_name: str, data_dir) -> str:
+    base = ds_name.split(":")[0].split("/")[0]
+    where = _tfds_data_dir(data_dir)
+    return (
+        f"TFDS dataset {ds_name!r} is not prepared under data_dir={where!r} (diffmem never downloads). "
+        f"Prepare it once, on a machine with internet (or with the files in a manual_dir):\n"
+        f"  pip install 'diffmem[tfds-prepare]'\n"
+        f"  python -c \"import tensorflow_datasets as tfds; tfds.builder('{base}', data_dir='{where}', "
+        f"file_format='array_record').download_and_prepare()\"\n"
+        f"(file_format='array_record' is required: tfds.data_source needs random access; for a manual download "
+        f"add download_config=tfds.download.DownloadConfig(manual_dir=...)). Then copy the directory here if "
+        f"needed and pass data_dir=... or set TFDS_DATA_DIR to it.")
+
+
+def _open_tfds(ds_name: str, split: str, data_dir, **kwargs):
+    """tfds.data_source(download=False), with every failure turned into a ValueError that says what to do."""
+    import tensorflow_datasets as tfds
+    try:
+        return tfds.data_source(ds_name, split=split, data_dir=data_dir, download=False, **kwargs)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise ValueError(f"name 'tfds:{ds_name}': TFDS knows no such dataset and none is prepared under "
+                         f"{_tfds_data_dir(data_dir)!r} ({str(e).splitlines()[0]})") from e
+    except Exception as e:  # noqa: BLE001 - re-raised below with instructions
+        try:
+            prepared = tfds.builder(ds_name, data_dir=data_dir).is_prepared()
+        except Exception:  # noqa: BLE001
+            prepared = False
+        if not prepared:
+            raise ValueError(_not_prepared_message(ds_name, data_dir)) from e
+        raise ValueError(
+            f"TFDS dataset {ds_name!r} (split={split!r}) under {_tfds_data_dir(data_dir)!r} could not be opened "
+            f"for random access: {type(e).__name__}: {e}. If it was prepared as TFRecord, prepare it again with "
+            f"tfds.builder(..., file_format='array_record').download_and_prepare().") from e
+
+
+def _tfds_all_labels(source, open_skip_image) -> np.ndarray:
+    """Labels of every record. Tries a second data source that skips image decoding (real ArrayRecord data);
+    tfds.testing.mock_data cannot serve undecoded images without tensorflow, so fall back to full records."""
+    try:
+        fast = open_skip_image()
+        return np.array([int(np.asarray(fast[i]["label"])) for i in range(len(fast))], np.int64)
+    except ModuleNotFoundError:
+        return np.array([int(np.asarray(source[i]["label"])) for i in range(len(source))], np.int64)
+
+
+def _load_tfds(ds_name, n, seed, split, class_balanced, data_dir) -> ImageData:
+    source = _open_tfds(ds_name, split, data_dir)
+    features = source.dataset_info.features
+    if "image" not in features.keys():
+        raise ValueError(f"name 'tfds:{ds_name}': needs an 'image' feature, found {list(features.keys())}")
+    has_labels = "label" in features.keys() and hasattr(features["label"], "num_classes")
+    num_classes = int(features["label"].num_classes) if has_labels else 0
+    labels_all = None
+    if class_balanced and has_labels:
+        import tensorflow_datasets as tfds
+        labels_all = _tfds_all_labels(source, lambda: _open_tfds(
+            ds_name, split, data_dir, decoders={"image": tfds.decode.SkipDecoding()}))
+    idx = subset_indices(len(source), n, seed, labels_all, class_balanced, num_classes)
+    records = [source[int(i)] for i in idx]  # random access: only the chosen records are read and decoded
+    shapes = {np.shape(r["image"]) for r in records}
+    if len(shapes) != 1:
+        raise ValueError(f"name 'tfds:{ds_name}': images have different shapes {sorted(shapes)[:5]}; "
+                         "only fixed-size image datasets are supported")
+    images = np.stack([np.asarray(r["image"]) for r in records])  # (n, H, W, C)
+    labels = np.array([int(np.asarray(r["label"])) for r in records], np.int64) if has_labels else None
+    return _finish(images, labels, idx, f"tfds:{ds_name}:{split}", num_classes)
+
+
+def load_images(name: str = "digits", n: int | None = None, seed: int = 0, split: str = "train",
+                class_balanced: bool = False, data_dir: str | os.PathLike | None = None) -> ImageData:
+    """Loads a deterministic subset of an image set as float32 (n, H, W, C) in [-1, 1] (see the module doc).
+
+    n=None takes all images; otherwise a random subset of size n chosen by `seed` (class-balanced on request:
+    n / num_classes images of every class). data_dir is the TFDS data directory (default $TFDS_DATA_DIR or
+    ~/tensorflow_datasets); other sources ignore it.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"name must be a str, one of {', '.join(ACCEPTED_NAMES)}; got {name!r}")
+    kind, _, rest = name.partition(":")
+    if name == "digits":
+        return _load_digits(n, seed, split, class_balanced)
+    if kind in ("tfds", "npz", "idx") and rest:
+        loader = {"tfds": lambda: _load_tfds(rest, n, seed, split, class_balanced, data_dir),
+                  "npz": lambda: _load_npz(rest, n, seed, split, class_balanced),
+                  "idx": lambda: _load_idx(rest, n, seed, split, class_balanced)}[kind]
+        return loader()
+    raise ValueError(f"name must be one of {', '.join(ACCEPTED_NAMES)}; got {name!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# On device.
+
+
+def to_device(data: ImageData | np.ndarray, sharding: jax.sharding.Sharding | None = None) -> Array:
+    """Puts the images (n, H, W, C) on device (default device, or `sharding`, e.g. a NamedSharding over n)."""
+    images = data.images if isinstance(data, ImageData) else np.asarray(data)
+    if sharding is not None:
+        try:
+            sharding.shard_shape(images.shape)
+        except ValueError as e:
+            raise ValueError(f"sharding {sharding} does not divide images of shape {images.shape}: {e}") from e
+    return jax.device_put(images, sharding)
+
+
+def sample_batch(key: Array, images: Array, batch_size: int, num_valid: Array | int | None = None) -> Array:
+    """(batch_size, H, W, C) images drawn uniformly with replacement (jittable; batch_size static).
+
+    num_valid (optional, may be traced): draw only from the first num_valid rows, for a padded array shared by a
+    sweep over n (one vmap, one jit).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if images.ndim < 2 or images.shape[0] == 0:
+        raise ValueError(f"images must have shape (n, ...) with n > 0, got {images.shape}")
+    maxval = images.shape[0] if num_valid is None else num_valid
+    idx = jax.random.randint(key, (int(batch_size),), 0, maxval)  # (b,)
+    return jnp.take(images, idx, axis=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image grids (PNG via matplotlib).
+
+_RED = np.array([1.0, 0.0, 0.0], np.float32)
+
+
+def _to_rgb01(images: np.ndarray, what: str) -> np.ndarray:
+    """(m, H, W, C) in [-1, 1], C in {1, 3} -> (m, H, W, 3) in [0, 1]; out-of-range values (sampler overshoot) are
+    clipped for display only."""
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.shape[0] == 0:
+        raise ValueError(f"{what} must have shape (m, H, W, C) with m > 0 and C in {{1, 3}}, got {images.shape}")
+    if not np.isfinite(images).all():
+        raise ValueError(f"{what} contain NaN/inf values")
+    images = np.clip((images + 1.0) / 2.0, 0.0, 1.0)
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
+def _tile(cells: list[np.ndarray | None], ncols: int, pad: int, frames: list[bool]) -> np.ndarray:
+    """Places (h, w, 3) cells row by row, ncols per row, on a white canvas with `pad` pixels between cells;
+    cells with frames[i] get a red border (in the padding around them)."""
+    h, w = next(c for c in cells if c is not None).shape[:2]
+    nrows = -(-len(cells) // ncols)
+    canvas = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad, 3), np.float32)
+    for i, cell in enumerate(cells):
+        r, c = divmod(i, ncols)
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        if frames[i] and pad > 0:
+            canvas[y - pad:y + h + pad, x - pad:x + w + pad] = _RED
+        if cell is not None:
+            canvas[y:y + h, x:x + w] = cell
+    return canvas
+
+
+def _upscale(images: np.ndarray, scale: int | None) -> np.ndarray:
+    if scale is None:
+        scale = max(1, -(-32 // max(images.shape[1:3])))  # at least 32 px per cell
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+        raise ValueError(f"scale must be a positive int or None, got {scale!r}")
+    return np.repeat(np.repeat(images, scale, axis=1), scale, axis=2)
+
+
+def _check_ncols(ncols) -> None:
+    if isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)) or ncols < 1:
+        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+
+
+def _save_png(path: str | os.PathLike, canvas: np.ndarray) -> None:
+    import matplotlib.image
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    matplotlib.image.imsave(os.fspath(path), canvas, format="png")
+
+
+def save_image_grid(path: str | os.PathLike, images: np.ndarray | Array, ncols: int = 8, scale: int | None = None,
+                    pad: int = 2, highlight: np.ndarray | None = None) -> np.ndarray:
+    """Writes images (m, H, W, C in {1, 3}) in [-1, 1] as a PNG grid, ncols per row, each upscaled `scale` times
+    (None: at least 32 px). highlight (m,) bool draws a red frame (e.g. memorized samples). Returns the canvas
+    (rows, cols, 3) in [0, 1] that was written."""
+    _check_ncols(ncols)
+    rgb = _upscale(_to_rgb01(np.asarray(images), "images"), scale)  # (m, h, w, 3)
+    frames = _check_highlight(highlight, len(rgb))
+    canvas = _tile(list(rgb), int(ncols), int(pad), frames)
+    _save_png(path, canvas)
+    return canvas
+
+
+def _check_highlight(highlight, m: int) -> list[bool]:
+    if highlight is None:
+        return [False] * m
+    highlight = np.asarray(highlight)
+    if highlight.shape != (m,) or highlight.dtype != bool:
+        raise ValueError(f"highlight must be a bool array of shape ({m},), got {highlight.dtype} {highlight.shape}")
+    return highlight.tolist()
+
+
+def pair_grid(path: str | os.PathLike, samples: np.ndarray | Array, neighbours: np.ndarray | Array,
+              ncols: int = 8, scale: int | None = None, pad: int = 2,
+              highlight: np.ndarray | None = None) -> np.ndarray:
+    """Writes each generated sample above its nearest training image(s) as a PNG.
+
+    samples (m, H, W, C); neighbours (m, H, W, C) or (m, k, H, W, C) (k nearest, nearest first). Sample i
+    and its neighbours form column i mod ncols of row block i // ncols: with k = 1 every block is two rows
+    (samples, then their nearest training images). highlight (m,) bool frames samples in red (e.g. memorized).
+    Returns the canvas written.
+    """
+    _check_ncols(ncols)
+    samples = np.asarray(samples)
+    neighbours = np.asarray(neighbours)
+    if neighbours.ndim == 4:
+        neighbours = neighbours[:, None]
+    if neighbours.ndim != 5 or neighbours.shape[0] != samples.shape[0] or neighbours.shape[2:] != samples.shape[1:]:
+        raise ValueError(f"neighbours must have shape (m, H, W, C) or (m, k, H, W, C) matching samples "
+                         f"{samples.shape}, got {np.shape(neighbours)}")
+    m, k = neighbours.shape[:2]
+    s_rgb = _upscale(_to_rgb01(samples, "samples"), scale)  # (m, h, w, 3)
+    n_rgb = _upscale(_to_rgb01(neighbours.reshape((m * k,) + neighbours.shape[2:]), "neighbours"), scale)
+    n_rgb = n_rgb.reshape((m, k) + n_rgb.shape[1:])  # (m, k, h, w, 3)
+    frames_s = _check_highlight(highlight, m)
+    ncols = min(int(ncols), m)
+    cells, frames = [], []
+    for block in range(-(-m // ncols)):
+        cols = range(block * ncols, min((block + 1) * ncols, m))
+        for row in range(k + 1):
+            for i in range(block * ncols, (block + 1) * ncols):
+                if i not in cols:
+                    cells.append(None)
+                    frames.append(False)
+                else:
+                    cells.append(s_rgb[i] if row == 0 else n_rgb[i, row - 1])
+                    frames.append(frames_s[i] if row == 0 else False)
+    canvas = _tile(cells, ncols, int(pad), frames)
+    _save_png(path, canvas)
+    return canvas

@@ -90,7 +90,9 @@ def loss_gap_samples(key: Array, t: Array, data: Array, mix: scores.GaussianMixt
     n = data.shape[0]
     mask = jnp.ones((n,), data.dtype) if mask is None else mask.astype(data.dtype)
     ki, kx = jax.random.split(key)
-    idx = jax.random.choice(ki, n, (num_queries,), p=mask / jnp.sum(mask))     # (q,)
+    # The r-th kept point (r uniform): for a prefix mask this is index r, as on the unpadded array.
+    r = jax.random.randint(ki, (num_queries,), 0, jnp.sum(mask > 0).astype(jnp.int32))
+    idx = jnp.searchsorted(jnp.cumsum(mask > 0), r, side="right")                # (q,)
     x0 = data[idx]                                                            # (q, d)
     tq = jnp.full((num_queries,), t, data.dtype)
     x_t, _ = sde.marginal_sample(kx, x0, tq)

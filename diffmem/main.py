@@ -6,7 +6,7 @@ named by `config.experiment` (a module of diffmem.experiments exposing `run(conf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffmem import experiments
+from diffmem import experiments, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
@@ -19,6 +19,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected command-line arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
+    train.initialize_distributed()   # multi-host runs (launch/); a no-op unless DIFFMEM_DISTRIBUTED is set
     experiments.run(FLAGS.config, FLAGS.workdir)
 
 

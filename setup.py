@@ -21,10 +21,11 @@ setuptools.setup(
         "numpy>=1.26,<3",
         "matplotlib>=3.8,<4",
         "scikit-learn>=1.5,<2",
+        "scipy>=1.11,<2",
         "tqdm>=4.66,<5",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "scipy>=1.11,<2"],
+        "test": ["pytest>=8,<10"],
         "gpu": ["jax[cuda12]>=0.5.0,<0.13"],
         "tfds-prepare": ["tensorflow-cpu>=2.16,<3"],
     },

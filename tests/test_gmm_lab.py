@@ -1,0 +1,238 @@
+"""gmm_lab: padded/masked sweeps, vmapped training == member-by-member training, resume, reference samplers,
+metrics against scipy, and the gmm_memorization experiment end to end (:smoke)."""
+import dataclasses
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from diffmem import experiments, gmm_lab, sampling, scores, train
+from diffmem.models import mlp
+
+D = 3
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(arg="smoke"):
+    """configs/gmm_memorization.py:get_config(arg), loaded by path (configs/ is not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gmm_cfg", os.path.join(ROOT, "configs", "gmm_memorization.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+
+def _setup(ns=(4, 9, 6), width=8):
+    model = mlp.ScoreMLP(dim=D, width=width, depth=2)
+    apply = mlp.make_apply(model)
+    rng = np.random.RandomState(0)
+    data, mask = gmm_lab.pad_datasets([rng.randn(n, D) for n in ns])
+    keys = jax.random.split(jax.random.key(1), len(ns))
+    params = gmm_lab.init_members(lambda k: mlp.init_params(model, k), keys)
+    return model, apply, data, mask, keys, params
+
+
+def test_pad_datasets_and_prefix_masks():
+    data, mask = gmm_lab.pad_datasets([np.ones((2, 3)), 2 * np.ones((4, 3))])
+    assert data.shape == (2, 4, 3) and mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    assert gmm_lab.mask_counts(mask).tolist() == [2, 4]
+    np.testing.assert_array_equal(data[0, 2:], 0)
+    with pytest.raises(ValueError, match="prefix"):
+        gmm_lab.mask_counts(np.asarray([[1, 0, 1]]))
+    with pytest.raises(ValueError, match="n_m"):
+        gmm_lab.pad_datasets([np.ones((0, 3))])
+
+
+def test_masked_batch_uses_only_first_count_rows():
+    data = jnp.arange(10.0)[:, None]
+    b = gmm_lab.masked_batch(jax.random.key(0), data, jnp.int32(3), 500)
+    assert set(np.asarray(b[:, 0]).tolist()) == {0.0, 1.0, 2.0}
+
+
+def test_sweep_optimizer_matches_train_make_optimizer():
+    cfg = train.TrainConfig(steps=10, lr=1e-2, warmup_steps=3, weight_decay=0.3, grad_clip=0.5)
+    params = {"w": jnp.ones((3, 2)), "b": jnp.ones((2,))}
+    grads = {"w": jnp.full((3, 2), 2.0), "b": jnp.full((2,), -1.0)}
+    ref, ours = train.make_optimizer(cfg), gmm_lab.sweep_optimizer(cfg, jnp.float32(0.3))
+    s1, s2 = ref.init(params), ours.init(params)
+    for _ in range(3):
+        u1, s1 = ref.update(grads, s1, params)
+        u2, s2 = ours.update(grads, s2, params)
+        chex.assert_trees_all_close(u1, u2, rtol=1e-6)
+
+
+def test_vmapped_step_equals_member_by_member():
+    """One vmapped step over 2 members (different n, weight decay, key) == make_train_step per member."""
+    model, apply, data, mask, keys, params = _setup(ns=(4, 9))
+    cfg = train.TrainConfig(steps=3, batch_size=16, lr=1e-2, warmup_steps=1, grad_clip=1.0, ema_decay=0.5)
+    loss = gmm_lab.make_lab_loss(apply, 1e-3, 10.0)
+    wds = jnp.asarray([0.0, 1.0])
+    counts = jnp.asarray(gmm_lab.mask_counts(mask))
+    step = jax.jit(gmm_lab.make_sweep_step(loss, cfg))
+    states = gmm_lab.init_states(params, cfg)
+    for _ in range(3):
+        states, metrics = step(states, jnp.asarray(data), counts, wds, keys)
+    for m in range(2):
+        opt = train.make_optimizer(dataclasses.replace(cfg, weight_decay=float(wds[m])))
+        one = jax.jit(train.make_train_step(loss, opt, cfg.ema_decay))
+        st = train.init_state(gmm_lab.unstack(params, m), opt)
+        for s in range(3):
+            k = jax.random.fold_in(keys[m], s)
+            batch = jnp.asarray(data[m])[jax.random.randint(jax.random.fold_in(k, 0), (16,), 0, int(counts[m]))]
+            st, met = one(st, batch, jax.random.fold_in(k, 1))
+        chex.assert_trees_all_close(st.params, gmm_lab.unstack(states.params, m), rtol=2e-5, atol=1e-6)
+        chex.assert_trees_all_close(st.ema_params, gmm_lab.unstack(states.ema_params, m), rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(met["loss"], metrics["loss"][m], rtol=1e-5)
+    assert int(states.step[0]) == 3
+
+
+def test_one_compilation_for_any_n_and_weight_decay():
+    model, apply, data, mask, keys, params = _setup()
+    cfg = train.TrainConfig(steps=2, batch_size=8, lr=1e-3)
+    traces = []
+    base = gmm_lab.make_lab_loss(apply, 1e-3, 10.0)
+
+    def loss(p, k, b):
+        traces.append(1)  # runs at trace time only
+        return base(p, k, b)
+
+    run = gmm_lab.make_sweep_runner(loss, cfg, 2)
+    states = gmm_lab.init_states(params, cfg)
+    for counts, wds in (([4, 9, 6], [0.0, 0.1, 1.0]), ([1, 2, 3], [1.0, 0.0, 0.5])):
+        run(states, jnp.asarray(data), jnp.asarray(counts), jnp.asarray(wds), keys)
+    assert len(traces) == 1
+
+
+def test_train_sweep_resumes_exactly(tmp_path):
+    """Train 4 steps with checkpoints at 2 and 4, drop the step-4 checkpoint (a crash after step 2), re-run:
+    it resumes from step 2 and ends where the uninterrupted run ended."""
+    import shutil
+    model, apply, data, mask, keys, params = _setup()
+    loss = gmm_lab.make_lab_loss(apply, 1e-3, 10.0)
+    cfg = train.TrainConfig(steps=4, batch_size=8, lr=1e-2, log_every=2, ckpt_every=2, keep_ckpts=2, ema_decay=0.5)
+    wds = [0.0, 0.1, 0.2]
+    straight, hist = gmm_lab.train_sweep(loss, params, data, mask, wds, keys, cfg, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+    shutil.rmtree(tmp_path / "checkpoints" / "4")
+    resumed, hist2 = gmm_lab.train_sweep(loss, params, data, mask, wds, keys, cfg, str(tmp_path))
+    chex.assert_trees_all_close(straight.params, resumed.params, rtol=1e-6)
+    chex.assert_trees_all_close(straight.opt_state, resumed.opt_state, rtol=1e-6)
+    assert [h["step"] for h in hist2] == [2, 4] and np.allclose(hist[-1]["loss"], hist2[-1]["loss"], rtol=1e-6)
+
+
+def test_train_sweep_bad_inputs():
+    model, apply, data, mask, keys, params = _setup()
+    loss = gmm_lab.make_lab_loss(apply, 1e-3, 10.0)
+    cfg = train.TrainConfig(steps=1, batch_size=4)
+    with pytest.raises(ValueError, match="weight_decays"):
+        gmm_lab.train_sweep(loss, params, data, mask, [0.0, -1.0, 0.0], keys, cfg)
+    with pytest.raises(ValueError, match="keys"):
+        gmm_lab.train_sweep(loss, params, data, mask, [0.0] * 3, keys[:2], cfg)
+    bad = data.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        gmm_lab.train_sweep(loss, params, bad, mask, [0.0] * 3, keys, cfg)
+    with pytest.raises(ValueError, match="time_dist"):
+        gmm_lab.make_lab_loss(apply, 1e-3, 10.0, time_dist="beta")
+    with pytest.raises(ValueError, match="t0"):
+        gmm_lab.make_lab_loss(apply, 0.0, 10.0)
+    with pytest.raises(ValueError, match="method"):
+        gmm_lab.SamplerConfig(method="ddim")
+
+
+def test_reference_samplers_memorize_and_generalize():
+    """Empirical-score sampler returns training points (ratio >= 0.95), the true score does not (<= 0.05)."""
+    d, n = 8, 32
+    mix = scores.random_mixture(jax.random.key(0), 4, d)
+    pts = np.asarray(scores.sample_mixture(jax.random.key(1), mix, n))
+    data, mask = gmm_lab.pad_datasets([pts, pts[:16]])
+    grid = sampling.time_grid(1e-3, 10.0, 50)
+    emp = gmm_lab.sample_members(gmm_lab.empirical_member_score, (jnp.asarray(data), jnp.asarray(mask)),
+                                 jax.random.key(2), 200, d, grid)
+    fns = gmm_lab.reference_score_fns(pts, mix)
+    true = gmm_lab.sample_members(lambda _, x, t: fns["true"](x, t), jnp.zeros((1,)), jax.random.key(2), 200, d, grid)
+    m_emp = gmm_lab.sample_metrics(emp[0], pts, mix)
+    m_emp16 = gmm_lab.sample_metrics(emp[1], pts[:16], mix)
+    m_true = gmm_lab.sample_metrics(true[0], pts, mix)
+    assert m_emp["memorization_ratio"] >= 0.95 and m_emp16["memorization_ratio"] >= 0.95
+    assert m_true["memorization_ratio"] <= 0.05
+    assert m_true["frac_near_mean"] >= 0.95
+    # the n=16 member only returns points of its own (masked) training set
+    nn = np.argmin(((emp[1][:, None] - pts[None]) ** 2).sum(-1), 1)
+    assert nn.max() < 16
+
+
+def test_mixture_loglik_and_radius_against_scipy():
+    mix = scores.random_mixture(jax.random.key(3), 3, 4)
+    x = np.asarray(scores.sample_mixture(jax.random.key(4), mix, 50))
+    means = np.asarray(mix.means)
+    want = np.log(sum(stats.multivariate_normal(means[k], np.eye(4)).pdf(x) / 3 for k in range(3)))
+    np.testing.assert_allclose(scores.mixture_logpdf(jnp.asarray(x), 0.0, mix), want, rtol=1e-4)
+    m = gmm_lab.sample_metrics(x, x[:10], mix)
+    np.testing.assert_allclose(m["loglik_mean"], want.mean(), rtol=1e-4)
+    assert m["memorization_ratio"] == 0.2  # the 10 training points among the 50 samples are exact copies
+    r = gmm_lab.near_mean_radius(4)
+    np.testing.assert_allclose(stats.chi2.cdf(r * r, 4), 0.999, rtol=1e-6)
+    with pytest.raises(FloatingPointError):
+        gmm_lab.sample_metrics(np.full((3, 4), np.nan), x[:10], mix)
+
+
+def test_gmm_memorization_smoke_end_to_end(tmp_path):
+    config = _config()
+    res = experiments.run(config, str(tmp_path))
+    with open(tmp_path / "results.json") as f:
+        saved = json.load(f)
+    for key in ("fig2", "fig3a_size", "fig3a_dim", "fig3b", "references", "directions", "cells"):
+        assert key in saved
+    assert np.asarray(saved["fig3a_size"]["memorization_ratio"]).shape == (2, 2)
+    assert np.asarray(saved["fig3a_dim"]["memorization_ratio"]).shape == (2, 2)
+    assert len(saved["fig3b"]["wd_sweep"]["n_small"]["loglik_mean"]) == 2
+    for ref in saved["references"].values():
+        assert ref["empirical"]["memorization_ratio"] >= 0.9
+    for d in saved["directions"].values():
+        assert isinstance(d["held"], bool) and d["criterion"]
+    for name in ("fig2.png", "fig3a_size.png", "fig3a_dim.png", "fig3b_width.png", "fig3b_wd.png"):
+        assert os.path.getsize(tmp_path / name) > 1000
+    # a re-run resumes: every cell is read back, the numbers are the same
+    again = experiments.run(config, str(tmp_path))
+    assert again["fig3a_size"] == res["fig3a_size"] and again["group_timings"] == []
+
+
+@pytest.mark.parametrize("path,value,match", [
+    ("fig3b.n_small", 64, "n_small < n_large"), ("fig3b.weight_decays", (0.1, 1.0), "contain 0.0"),
+    ("loss.t0", 0.0, "t0"), ("shard.index", 3, "shard.index"), ("fig3a.ns", (1, 8), r"fig3a.ns\[0\]"),
+    ("model.output", "x1", "output"), ("train.lr", -1.0, "lr")])
+def test_gmm_config_errors(path, value, match, tmp_path):
+    config = _config()
+    sec, key = path.split(".")
+    config[sec][key] = value
+    with pytest.raises(ValueError, match=match):
+        experiments.run(config, str(tmp_path))
+
+
+def test_gmm_config_unknown_key(tmp_path):
+    config = _config()
+    config.fig2.colour = "red"
+    with pytest.raises(ValueError, match="colour"):
+        experiments.run(config, str(tmp_path))
+
+
+def test_launch_sweep_expands_get_sweep():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("sweep", os.path.join(ROOT, "launch", "sweep.py"))
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    path, arg, overrides = sweep.load_sweep(os.path.join(ROOT, "configs", "gmm_memorization.py") + ":smoke")
+    assert arg == "smoke" and overrides == [{"shard.index": 0, "shard.count": 2}, {"shard.index": 1, "shard.count": 2}]
+    cmds = sweep.build_commands(path, arg, "/w", overrides)
+    assert cmds[1][-2:] == ["--config.shard.count=2", "--config.shard.index=1"]
+    assert cmds[0][3].endswith("gmm_memorization.py:smoke") and cmds[0][4] == "--workdir=/w"
+    assert sweep.format_value((8,)) == "(8,)" and sweep.format_value([1, 2]) == "(1, 2)"
+    assert sweep.format_value(True) == "true"
+    with pytest.raises(ValueError, match="does not exist"):
+        sweep.load_sweep("configs/nope.py:cpu")

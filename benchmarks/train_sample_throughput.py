@@ -1,0 +1,90 @@
+"""Benchmark: DiT training and sampling throughput for a train_dit preset (default: the `cpu` preset's DiT).
+
+Measured side by side in one process on the preset's data (digits for `cpu` / `smoke`): training through
+diffmem.train.train (the experiment's own path: jitted step, on-device batches, no checkpoints) and sampling through
+diffmem.image_diffusion.sample with the reverse SDE (Euler-Maruyama, 1 network evaluation per step) and the
+probability-flow ODE (Heun, 2 per step), plus the final Tweedie step. Every row is timed after a warm-up call with
+the same shapes (its time, compile included, is `first_s`); `cpu_ms` is process CPU time (all threads) per
+training step / per sample, which is what a shared machine costs.
+
+    python benchmarks/train_sample_throughput.py [--preset cpu] [--train_steps 300] [--num_samples 500]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import time
+
+import jax
+import numpy as np
+
+from diffmem import data as data_lib
+from diffmem import image_diffusion as idf
+from diffmem.experiments import train_dit
+from diffmem.models import dit as dit_lib
+
+
+def _load_config(preset: str):
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "train_dit.py")
+    spec = importlib.util.spec_from_file_location("train_dit_config", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(preset)
+
+
+def _timed(fn):
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w, time.process_time() - c
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="cpu", help="configs/train_dit.py preset (smoke, cpu, cifar10)")
+    ap.add_argument("--train_steps", type=int, default=300, help="timed training steps")
+    ap.add_argument("--num_samples", type=int, default=500, help="timed samples per method")
+    ap.add_argument("--n", type=int, default=None, help="training images (default: the preset's smallest n)")
+    args = ap.parse_args()
+
+    s = train_dit.parse_config(_load_config(args.preset))
+    n = args.n or min(s.ns)
+    d = data_lib.load_images(s.data_name, n=n, seed=s.data_seed, data_dir=s.data_dir)
+    model = idf.build_model(d.image_shape, **{k: v for k, v in s.model.items() if k != "name"})
+    params = idf.init_params(model, jax.random.key(0))
+    print(f"devices: {jax.devices()}  preset={args.preset}  data={s.data_name} n={n} {d.image_shape}  "
+          f"DiT {s.model} ({dit_lib.count_params(params):,} params)")
+    hdr = (f"{'what':<22} {'batch':>6} {'first_s':>8} {'timed':>7} {'wall_s':>8} {'per_s':>9} {'ms_each':>8} "
+           f"{'cpu_ms':>8}")
+    print(hdr)
+    print("-" * len(hdr))
+
+    key = jax.random.key(1)
+    cfg = dataclasses.replace(s.train, steps=args.train_steps, log_every=args.train_steps,
+                              ckpt_every=args.train_steps)
+    warm = dataclasses.replace(cfg, steps=5, log_every=5, ckpt_every=5)
+    _, first, _ = _timed(lambda: idf.train_model(model, d.images, warm, None, key=key, u_min=s.u_min,
+                                                 progress=False))
+    (state, _), wall, cpu = _timed(lambda: jax.block_until_ready(idf.train_model(
+        model, d.images, cfg, None, key=key, u_min=s.u_min, progress=False)))
+    k = args.train_steps
+    print(f"{'train step':<22} {cfg.batch_size:>6} {first:>8.2f} {k:>7} {wall:>8.2f} {k / wall:>9.1f} "
+          f"{1e3 * wall / k:>8.2f} {1e3 * cpu / k:>8.2f}", flush=True)
+
+    for method in ("sde", "ode"):
+        sc = dataclasses.replace(s.sampler, num_samples=args.num_samples, method=method,
+                                 batch_size=min(s.sampler.batch_size, args.num_samples))
+        w = dataclasses.replace(sc, num_samples=sc.batch_size)
+        _, first, _ = _timed(lambda: idf.sample(model, state.ema_params, key, w, s.u_min))
+        out, wall, cpu = _timed(lambda: idf.sample(model, state.ema_params, key, sc, s.u_min))
+        assert np.isfinite(out).all()
+        m = args.num_samples
+        nfe = sc.steps * (1 if method == "sde" else 2) + int(sc.denoise)
+        label = f"sample {method} ({nfe} NFE)"
+        print(f"{label:<22} {sc.batch_size:>6} {first:>8.2f} {m:>7} {wall:>8.2f} {m / wall:>9.1f} "
+              f"{1e3 * wall / m:>8.2f} {1e3 * cpu / m:>8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

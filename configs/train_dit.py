@@ -29,7 +29,7 @@ def get_config(arg=None):
     # Training images: data.load_images(name, n, seed) for every n in `ns` (nested subsets: the first n of one
     # seeded permutation). data_dir: TFDS data directory ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).
     c.data = dict(name="digits", seed=0, data_dir="")
-    c.ns = [64, 128, 256, 1024]
+    c.ns = (64, 128, 256, 1024)
 
     # DiT (diffmem.models.dit): `name` gives (patch, hidden, depth, heads) from dit.DIT_CONFIGS; a non-zero
     # patch / hidden / depth / heads overrides it. Unconditional eps prediction.
@@ -55,7 +55,7 @@ def get_config(arg=None):
     c.progress = True
 
     if arg == "smoke":
-        c.ns = [16, 32]
+        c.ns = (16, 32)
         c.model.update(patch=2, hidden=32, depth=1, heads=2)
         c.train.update(steps=20, batch_size=16, log_every=5, ckpt_every=20, warmup_steps=0)
         c.sampler.update(num_samples=16, steps=8, batch_size=16)
@@ -64,7 +64,7 @@ def get_config(arg=None):
         c.progress = False
     elif arg == "cifar10":
         c.data.update(name="tfds:cifar10")
-        c.ns = [5000]
+        c.ns = (5000,)
         c.model.update(name="S/2", patch=0, hidden=0, depth=0, heads=0)
         # DiT recipe (AdamW, lr 1e-4 constant, no decay, EMA 0.9999); 200k steps = 5,120 epochs of the 5k subset
         # (not run here: whether this memorizes like the paper's 74% is unverified).

@@ -223,8 +223,9 @@ def sample(model: dit_lib.DiT, params: PyTree, key: Array, cfg: SamplerConfig, u
            head_mask: Optional[Array] = None, progress: bool = False, start_index: int = 0) -> np.ndarray:
     """cfg.num_samples images (m, H, W, C) from the DiT; sample i uses fold_in(key, start_index + i).
 
-    Batches of cfg.batch_size (the last one padded, so one compilation). params: the parameters to use (pass
-    state.ema_params or state.params; see `sampling_params`). head_mask (depth, max_heads) or None (all heads).
+    Batches of cfg.batch_size (the last one padded, so one compilation), on the first local device. params: the
+    parameters to use (state.ema_params or state.params; see `sampling_params`). head_mask (depth, max_heads) or
+    None (all heads).
     """
     grid = sampling_grid(u_min, cfg.steps)
     shape = (model.image_size, model.image_size, model.channels)
@@ -235,6 +236,8 @@ def sample(model: dit_lib.DiT, params: PyTree, key: Array, cfg: SamplerConfig, u
         raise ValueError(f"head_mask must have shape (depth, max_heads) = {(model.depth, model.max_heads)}, "
                          f"got {head_mask.shape}")
     run = _batch_sampler(model, shape, cfg.method, bool(cfg.denoise))
+    # one device: parameters replicated over a training mesh would otherwise run every batch on every device
+    params = jax.device_put(params, jax.local_devices()[0])
     bs = min(cfg.batch_size, cfg.num_samples)
     out = []
     for lo in tqdm(range(0, cfg.num_samples, bs), desc=f"sampling ({cfg.method}, {cfg.steps} steps)",

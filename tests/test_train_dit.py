@@ -251,7 +251,7 @@ def test_resume_skips_finished_work(smoke_run, tmp_path):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("ns", [64, 5000], r"config\.ns.*1797"),
+    ("ns", (64, 5000), r"config\.ns.*1797"),
     ("data.name", "no_such_data", r"config\.data\.name"),
     ("data.name", "tfds:", r"config\.data\.name"),
     ("sampler.method", "euler", "method"),
@@ -276,6 +276,6 @@ def test_bad_config_keys_and_heldout_size(tmp_path):
     with pytest.raises(ValueError, match=r"unknown key.*width"):
         experiments.run(cfg, str(tmp_path))
     cfg = smoke_config()
-    cfg.ns = [1797]
+    cfg.ns = (1797,)
     with pytest.raises(ValueError, match="heldout"):
         experiments.run(cfg, str(tmp_path))

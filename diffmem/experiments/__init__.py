@@ -28,3 +28,22 @@ def write_json(path: str, obj) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True, allow_nan=True)
     os.replace(tmp, path)
+
+
+def config_section(config, name: str, accepted, optional=None) -> dict:
+    """config.<name> as a plain dict; unknown keys raise a ValueError naming them and the accepted keys.
+
+    With `optional` given, keys of `accepted` that are absent and not in `optional` raise too.
+    """
+    if name not in config:
+        raise ValueError(f"config.{name} is missing; expected a section with keys {list(accepted)}")
+    sec = config[name]
+    d = sec.to_dict() if hasattr(sec, "to_dict") else dict(sec)
+    unknown = sorted(set(d) - set(accepted))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in config.{name}; accepted: {list(accepted)}")
+    if optional is not None:
+        missing = sorted(set(accepted) - set(d) - set(optional))
+        if missing:
+            raise ValueError(f"config.{name} is missing key(s) {missing}")
+    return d

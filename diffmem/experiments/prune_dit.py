@@ -131,20 +131,6 @@ class Settings:
     progress: bool
 
 
-def _section(config, name: str) -> dict:
-    if name not in config:
-        raise ValueError(f"config.{name} is missing; expected a section with keys {list(SECTIONS[name])}")
-    sec = config[name]
-    d = sec.to_dict() if hasattr(sec, "to_dict") else dict(sec)
-    unknown = sorted(set(d) - set(SECTIONS[name]))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in config.{name}; accepted: {list(SECTIONS[name])}")
-    missing = sorted(set(SECTIONS[name]) - set(d) - {"b1", "b2", "schedule", "denoise", "use_ema", "seed"})
-    if missing:
-        raise ValueError(f"config.{name} is missing key(s) {missing}")
-    return d
-
-
 def _int(name: str, v, minimum: int) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
@@ -181,7 +167,9 @@ def parse_config(config) -> Settings:
     unknown = sorted(set(config.keys()) - set(TOP_LEVEL))
     if unknown:
         raise ValueError(f"unknown top-level config key(s) {unknown}; accepted: {list(TOP_LEVEL)}")
-    sec = {name: _section(config, name) for name in SECTIONS}
+    sec = {name: experiments.config_section(config, name, SECTIONS[name],
+                                optional=("b1", "b2", "schedule", "denoise", "use_ema", "seed"))
+           for name in SECTIONS}
     d = sec["data"]
     if not isinstance(d["name"], str) or not d["name"]:
         raise ValueError(f"config.data.name must be a non-empty str, one of {', '.join(data_lib.ACCEPTED_NAMES)}; "

@@ -73,17 +73,6 @@ class Settings:
     progress: bool
 
 
-def _section(config, name: str) -> dict:
-    if name not in config:
-        raise ValueError(f"config.{name} is missing; expected a section with keys {list(SECTIONS[name])}")
-    sec = config[name]
-    d = sec.to_dict() if hasattr(sec, "to_dict") else dict(sec)
-    unknown = sorted(set(d) - set(SECTIONS[name]))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in config.{name}; accepted: {list(SECTIONS[name])}")
-    return d
-
-
 def _int(name: str, v, minimum: int) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
@@ -127,7 +116,7 @@ def parse_config(config) -> Settings:
     unknown = sorted(set(config.keys()) - set(TOP_LEVEL))
     if unknown:
         raise ValueError(f"unknown top-level config key(s) {unknown}; accepted: {list(TOP_LEVEL)}")
-    sec = {name: _section(config, name) for name in SECTIONS}
+    sec = {name: experiments.config_section(config, name, SECTIONS[name]) for name in SECTIONS}
     _require(sec["data"], "data", ("name",))
     name = sec["data"]["name"]
     if not isinstance(name, str) or not name:

@@ -1,11 +1,14 @@
 """One module per paper section; each exposes `run(config, workdir) -> dict` (the results)."""
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
+from typing import Optional
 
 import ml_collections
+import numpy as np
 
 EXPERIMENTS = ("loss_gap", "approximation", "gmm_memorization", "train_dit", "prune_dit")
 
@@ -47,3 +50,43 @@ def config_section(config, name: str, accepted, optional=None) -> dict:
         if missing:
             raise ValueError(f"config.{name} is missing key(s) {missing}")
     return d
+
+
+def read_json(path: str) -> Optional[dict]:
+    """The JSON object at `path`, or None when the file does not exist."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_npz(path: str, **arrays) -> None:
+    """np.savez atomically (a killed run never leaves a half-written file)."""
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def sha1_arrays(*arrays) -> str:
+    """SHA-1 of the arrays' dtypes, shapes and bytes (stamps of the data a cached result was made from)."""
+    h = hashlib.sha1()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def check_int(name: str, v, minimum: int) -> int:
+    """v as an int; ValueError naming `name` unless it is an int (not a bool) >= minimum."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt

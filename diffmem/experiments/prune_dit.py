@@ -131,12 +131,6 @@ class Settings:
     progress: bool
 
 
-def _int(name: str, v, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
-    return int(v)
-
-
 def _num(name: str, v, lo: float, hi: float, lo_open: bool = False, hi_open: bool = True) -> float:
     ok = (not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
           and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi))
@@ -174,14 +168,14 @@ def parse_config(config) -> Settings:
     if not isinstance(d["name"], str) or not d["name"]:
         raise ValueError(f"config.data.name must be a non-empty str, one of {', '.join(data_lib.ACCEPTED_NAMES)}; "
                          f"got {d['name']!r}")
-    data = dict(name=d["name"], n=_int("config.data.n", d["n"], 2), seed=_int("config.data.seed", d["seed"], 0),
+    data = dict(name=d["name"], n=experiments.check_int("config.data.n", d["n"], 2), seed=experiments.check_int("config.data.seed", d["seed"], 0),
                 data_dir=d["data_dir"] or None)
     model = train_dit.resolve_model(sec["model"])
     try:
         u_min = idf.check_u_min(sec["diffusion"]["u_min"])
     except ValueError as e:
         raise ValueError(f"config.diffusion.{e}") from None
-    seed = _int("config.seed", config.get("seed", 0), 0)
+    seed = experiments.check_int("config.seed", config.get("seed", 0), 0)
     tcfg = {}
     for name in ("train", "finetune"):
         try:
@@ -214,13 +208,13 @@ def parse_config(config) -> Settings:
     if ev["features"] not in train_dit.FEATURES:
         raise ValueError(f"config.eval.features must be one of {train_dit.FEATURES}, got {ev['features']!r}")
     for f, lo in (("num_ref", 0), ("feature_steps", 1), ("k", 1), ("kid_subsets", 1), ("grid_samples", 0)):
-        ev[f] = _int(f"config.eval.{f}", ev[f], lo)
+        ev[f] = experiments.check_int(f"config.eval.{f}", ev[f], lo)
     ev["ratio"] = _num("config.eval.ratio", ev["ratio"], 0.0, 1.0, lo_open=True, hi_open=False)
     if scfg.num_samples <= ev["k"]:
         raise ValueError(f"config.sampler.num_samples ({scfg.num_samples}) must exceed config.eval.k ({ev['k']})")
     w = dict(sec["where"])
     w["enabled"] = bool(w["enabled"])
-    w["num_samples"] = _int("config.where.num_samples", w["num_samples"], 1)
+    w["num_samples"] = experiments.check_int("config.where.num_samples", w["num_samples"], 1)
     taus = list(w["taus_u"])
     w["taus_u"] = tuple(_num(f"config.where.taus_u[{i}]", t, 0.0, 1.0, lo_open=True, hi_open=False)
                         for i, t in enumerate(taus))
@@ -240,11 +234,11 @@ def parse_config(config) -> Settings:
         seed=seed, preset=str(config.get("preset", "")), data=data, model=model, u_min=u_min,
         base_checkpoint=base_ckpt, train=tcfg["train"], finetune=tcfg["finetune"], etas=etas, paper_eta=paper_eta,
         keep_one_per_layer=bool(p["keep_one_per_layer"]),
-        score_batches=_int("config.prune.score_batches", p["score_batches"], 1),
-        score_batch_size=_int("config.prune.score_batch_size", p["score_batch_size"], 1),
-        loss_batches=_int("config.prune.loss_batches", p["loss_batches"], 1),
-        methods=methods, sweep_methods=sweep, repeats=_int("config.repeats", config.repeats, 1),
-        sweep_repeats=_int("config.sweep_repeats", config.sweep_repeats, 1), wd_base=bool(wd["base"]),
+        score_batches=experiments.check_int("config.prune.score_batches", p["score_batches"], 1),
+        score_batch_size=experiments.check_int("config.prune.score_batch_size", p["score_batch_size"], 1),
+        loss_batches=experiments.check_int("config.prune.loss_batches", p["loss_batches"], 1),
+        methods=methods, sweep_methods=sweep, repeats=experiments.check_int("config.repeats", config.repeats, 1),
+        sweep_repeats=experiments.check_int("config.sweep_repeats", config.sweep_repeats, 1), wd_base=bool(wd["base"]),
         wd_base_value=_num("config.weight_decay.base_value", wd["base_value"], 0.0, math.inf),
         wd_finetune_value=_num("config.weight_decay.finetune_value", wd["finetune_value"], 0.0, math.inf),
         sampler=scfg, eval=ev, where=w, progress=bool(config.get("progress", False)))
@@ -259,30 +253,8 @@ def _key(seed: int, *path: int) -> jax.Array:
     return k
 
 
-def _sha1_arrays(*arrays) -> str:
-    h = hashlib.sha1()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(str((a.dtype, a.shape)).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def _hash(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def _read_json(path: str) -> Optional[dict]:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _savez(path: str, **arrays) -> None:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
 
 
 def _save_bytes(path: str, blob: bytes) -> None:
@@ -353,7 +325,7 @@ def load_base_checkpoint(path: str, model: dit_lib.DiT, use_ema: bool = True) ->
 
 
 def _check_stamp(path: str, stamp: dict, what: str) -> None:
-    old = _read_json(path)
+    old = experiments.read_json(path)
     new = json.loads(json.dumps(stamp))
     if old is None:
         experiments.write_json(path, new)
@@ -372,7 +344,7 @@ def train_base(s: Settings, model: dit_lib.DiT, images: np.ndarray, indices: np.
     cfg = s.train if weight_decay is None else dataclasses.replace(s.train, weight_decay=weight_decay)
     os.makedirs(base_dir, exist_ok=True)
     tc = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUMABLE_TRAIN_FIELDS}
-    stamp = dict(seed=s.seed, data=s.data["name"], n=int(len(images)), indices_sha1=_sha1_arrays(indices),
+    stamp = dict(seed=s.seed, data=s.data["name"], n=int(len(images)), indices_sha1=experiments.sha1_arrays(indices),
                  model=s.model, u_min=s.u_min, train=tc)
     _check_stamp(os.path.join(base_dir, "train_settings.json"), stamp, "base model")
     logging.info("prune_dit: base model in %s: %d steps (weight decay %g; resumes from the last checkpoint)",
@@ -631,7 +603,7 @@ def run_piece(ctx: Context, method: str, eta: Optional[float], repeat: int, mask
     rid = run_id(method, eta, repeat) + suffix
     rdir = os.path.join(ctx.piece_dir, "runs", rid)
     res_path = os.path.join(rdir, "result.json")
-    old = _read_json(res_path)
+    old = experiments.read_json(res_path)
     if old is not None:
         ctx.counters["runs_reused"] += 1
         return old
@@ -645,7 +617,7 @@ def run_piece(ctx: Context, method: str, eta: Optional[float], repeat: int, mask
         params = init_params
     elif os.path.exists(params_path):
         params = flax.serialization.from_bytes(init_params, open(params_path, "rb").read())
-        final_loss = (_read_json(os.path.join(rdir, "finetune.json")) or {}).get("final_finetune_loss")
+        final_loss = (experiments.read_json(os.path.join(rdir, "finetune.json")) or {}).get("final_finetune_loss")
     else:
         cfg = cfg or s.finetune
         params, final_loss = finetune(model, init_params, mask, ctx.images, cfg, rdir, key=_key(s.seed, 5, repeat),
@@ -656,7 +628,7 @@ def run_piece(ctx: Context, method: str, eta: Optional[float], repeat: int, mask
         shutil.rmtree(os.path.join(rdir, "checkpoints"), ignore_errors=True)   # params.msgpack is the checkpoint
     samples = idf.sample(model, params, _key(s.seed, 2, repeat), s.sampler, s.u_min, head_mask=mask)
     summary, mem = evaluate(ctx, samples)
-    _savez(os.path.join(rdir, "samples.npz"), samples=samples.astype(np.float32), nn_idx=mem["nn_idx"],
+    experiments.save_npz(os.path.join(rdir, "samples.npz"), samples=samples.astype(np.float32), nn_idx=mem["nn_idx"],
            memorized=mem["memorized"], dist_ratio=mem["dist_ratio"])
     valid = dit_lib.head_valid_mask(model)
     result = dict(method=method, eta=eta, repeat=repeat, run=rid, num_heads=int(valid.sum()),
@@ -818,17 +790,11 @@ def format_table(s: Settings, rows: list[dict], context: str) -> str:
 
 # ------------------------------------------------------------------------------------------ plots
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
 
 def plot_vs_eta(path: str, s: Settings, agg: dict) -> None:
     """Memorization % and FD against eta, one line per pruning method (mean +- std over repeats); the
     finetune_only control is eta = 0 of every line, the original model a dashed line."""
-    plt = _plt()
+    plt = experiments.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, key, scale, ylabel in ((axes[0], "memorization_ratio", 100.0, "memorization %"),
                                    (axes[1], "fd", 1.0, "FD (classifier features)")):
@@ -861,7 +827,7 @@ def plot_vs_eta(path: str, s: Settings, agg: dict) -> None:
 def plot_heatmaps(path: str, s: Settings, scores: dict, masks: dict) -> None:
     """Layer x head heat maps of the importance scores (per-layer normalised) and the magnitude scores; an x marks
     the heads each method prunes at the paper eta."""
-    plt = _plt()
+    plt = experiments.pyplot()
     names = [n for n in list(SCORE_LAWS) + ["magnitude"] if n in scores]
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.8), squeeze=False)
     for ax, n in zip(axes[0], names):
@@ -883,7 +849,7 @@ def plot_where(path: str, where: dict) -> None:
     """Left: along the base model's reverse path, the fraction of samples whose Tweedie estimate already has its
     final nearest training image (and stays there), and the fraction whose estimate passes the memorization test,
     against u. Right: swap test memorization against tau."""
-    plt = _plt()
+    plt = experiments.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     tr = where.get("trajectory")
     if tr:
@@ -999,14 +965,14 @@ def run(config, workdir: str) -> dict:
     base_params = base["params"]
 
     piece_stamp = dict(base=dict(source=base["source"], steps=base["steps"], seed=s.seed, model=s.model,
-                                 data=s.data, indices_sha1=_sha1_arrays(d.indices), u_min=s.u_min,
+                                 data=s.data, indices_sha1=experiments.sha1_arrays(d.indices), u_min=s.u_min,
                                  train={k: v for k, v in dataclasses.asdict(s.train).items()
                                         if k not in ("log_every", "ckpt_every", "keep_ckpts")},
-                                 params_sha1=_sha1_arrays(*jax.tree.leaves(base_params))),
+                                 params_sha1=experiments.sha1_arrays(*jax.tree.leaves(base_params))),
                        finetune=dataclasses.asdict(s.finetune), sampler=dataclasses.asdict(s.sampler), eval=s.eval,
                        score=dict(batches=s.score_batches, batch_size=s.score_batch_size, loss_batches=s.loss_batches),
                        keep_one_per_layer=s.keep_one_per_layer,
-                       ref_sha1=_sha1_arrays(ref_images), features=extractor.name)
+                       ref_sha1=experiments.sha1_arrays(ref_images), features=extractor.name)
     piece_dir = os.path.join(workdir, "pieces", _hash(piece_stamp))
     os.makedirs(os.path.join(piece_dir, "runs"), exist_ok=True)
     experiments.write_json(os.path.join(piece_dir, "stamp.json"), _jsonable(piece_stamp))
@@ -1112,7 +1078,7 @@ def _scores_cached(ctx: Context, repeat: int) -> dict[str, np.ndarray]:
         with np.load(path) as f:
             return {k: f[k] for k in f.files}
     scores = compute_scores(ctx.s, ctx.model, ctx.base_params, ctx.images, repeat)
-    _savez(path, **scores)
+    experiments.save_npz(path, **scores)
     ctx.counters["scores_computed"] += 1
     return scores
 
@@ -1121,7 +1087,7 @@ def _loss_after_prune(ctx: Context, repeat: int, masks: dict) -> dict[str, float
     """Training loss (u ~ U(u_min, 1) per example) of the base gated by each mask BEFORE fine-tuning, all masks on
     the same batches (pruning.evaluate_masks); cached with the runs."""
     path = os.path.join(ctx.piece_dir, f"loss_after_prune_r{repeat}.json")
-    cached = _read_json(path) or {}
+    cached = experiments.read_json(path) or {}
     todo = [(k, m) for k, m in sorted(masks.items()) if run_id(k[0], k[1], repeat) not in cached]
     if todo:
         s = ctx.s
@@ -1140,7 +1106,7 @@ def _export(ctx: Context, method: str, eta: float, workdir: str) -> dict:
     rid = run_id(method, eta, 0)
     out_dir = os.path.join(workdir, "exported", f"{method}_eta{eta_tag(eta)}")
     meta_path = os.path.join(out_dir, "model.json")
-    old = _read_json(meta_path)
+    old = experiments.read_json(meta_path)
     if old is not None and old.get("piece_dir") == os.path.relpath(ctx.piece_dir, workdir):
         return old
     mask = np.load(os.path.join(ctx.piece_dir, "runs", rid, "mask.npy"))
@@ -1168,7 +1134,7 @@ def _where(ctx: Context) -> dict:
     key = _key(s.seed, 7)
     out = {}
     tpath = os.path.join(wdir, "trajectory.json")
-    tr = _read_json(tpath)
+    tr = experiments.read_json(tpath)
     if tr is None:
         dec = trajectory_decisions(model, ctx.base_params, ctx.images, key, cfg, s.u_min, s.eval["ratio"])
         tr = _jsonable(summarize_decisions(dec))
@@ -1182,7 +1148,7 @@ def _where(ctx: Context) -> dict:
 
     def cached(name, fn):
         p = os.path.join(wdir, f"swap_{name}.json")
-        v = _read_json(p)
+        v = experiments.read_json(p)
         if v is None:
             v = fn()
             experiments.write_json(p, v)

@@ -23,7 +23,6 @@ with other settings (model, data, optimizer) is refused with the differing field
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -73,12 +72,6 @@ class Settings:
     progress: bool
 
 
-def _int(name: str, v, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
-    return int(v)
-
-
 def _require(sec: dict, name: str, keys) -> None:
     missing = [k for k in keys if k not in sec]
     if missing:
@@ -96,7 +89,7 @@ def resolve_model(model: dict) -> dict:
         except ValueError as e:
             raise ValueError(f"config.model.name: {e}") from None
     for f in ("patch", "hidden", "depth", "heads"):
-        v = _int(f"config.model.{f}", model.get(f, 0), 0)
+        v = experiments.check_int(f"config.model.{f}", model.get(f, 0), 0)
         if v:
             sizes[f] = v
         elif f not in sizes:
@@ -122,11 +115,11 @@ def parse_config(config) -> Settings:
     if not isinstance(name, str) or not name:
         raise ValueError(f"config.data.name must be a non-empty str, one of {', '.join(data_lib.ACCEPTED_NAMES)}; "
                          f"got {name!r}")
-    data_seed = _int("config.data.seed", sec["data"].get("seed", 0), 0)
+    data_seed = experiments.check_int("config.data.seed", sec["data"].get("seed", 0), 0)
     data_dir = sec["data"].get("data_dir", "") or None
     if "ns" not in config:
         raise ValueError("config.ns is missing: a list of training-set sizes")
-    ns = [_int(f"config.ns[{i}]", n, 2) for i, n in enumerate(list(config.ns))]
+    ns = [experiments.check_int(f"config.ns[{i}]", n, 2) for i, n in enumerate(list(config.ns))]
     if not ns:
         raise ValueError("config.ns must be a non-empty list of training-set sizes >= 2")
     if len(set(ns)) != len(ns):
@@ -148,11 +141,11 @@ def parse_config(config) -> Settings:
         raise ValueError(f"config.eval.reference must be one of {REFERENCES}, got {ev['reference']!r}")
     if ev["features"] not in FEATURES:
         raise ValueError(f"config.eval.features must be one of {FEATURES}, got {ev['features']!r}")
-    ev["num_ref"] = _int("config.eval.num_ref", ev["num_ref"], 0)
-    ev["feature_steps"] = _int("config.eval.feature_steps", ev["feature_steps"], 1)
-    ev["k"] = _int("config.eval.k", ev["k"], 1)
-    ev["kid_subsets"] = _int("config.eval.kid_subsets", ev["kid_subsets"], 1)
-    ev["grid_samples"] = _int("config.eval.grid_samples", ev["grid_samples"], 0)
+    ev["num_ref"] = experiments.check_int("config.eval.num_ref", ev["num_ref"], 0)
+    ev["feature_steps"] = experiments.check_int("config.eval.feature_steps", ev["feature_steps"], 1)
+    ev["k"] = experiments.check_int("config.eval.k", ev["k"], 1)
+    ev["kid_subsets"] = experiments.check_int("config.eval.kid_subsets", ev["kid_subsets"], 1)
+    ev["grid_samples"] = experiments.check_int("config.eval.grid_samples", ev["grid_samples"], 0)
     r = ev["ratio"]
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
         raise ValueError(f"config.eval.ratio must be a number in (0, 1] (paper: 1/3), got {r!r}")
@@ -163,7 +156,7 @@ def parse_config(config) -> Settings:
     if ev["num_ref"] and ev["num_ref"] <= ev["k"]:
         raise ValueError(f"config.eval.num_ref ({ev['num_ref']}) must be 0 (all) or exceed config.eval.k "
                          f"({ev['k']})")
-    return Settings(seed=_int("config.seed", config.get("seed", 0), 0), preset=str(config.get("preset", "")),
+    return Settings(seed=experiments.check_int("config.seed", config.get("seed", 0), 0), preset=str(config.get("preset", "")),
                     data_name=name, data_seed=data_seed, data_dir=data_dir, ns=tuple(ns), model=model,
                     u_min=u_min, train=tcfg, sampler=scfg, eval=ev, progress=bool(config.get("progress", True)))
 
@@ -234,18 +227,10 @@ def feature_extractor(s: Settings, ref: Reference, workdir: str) -> metrics.Feat
 
 # ------------------------------------------------------------------------------------------ stamps
 
-def _sha1(*arrays) -> str:
-    h = hashlib.sha1()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(str((a.dtype, a.shape)).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
 
 def _train_stamp(s: Settings, d: data_lib.ImageData) -> dict:
     tc = {k: v for k, v in dataclasses.asdict(s.train).items() if k not in _RESUMABLE_TRAIN_FIELDS}
-    return dict(seed=s.seed, data=d.name, n=d.n, indices_sha1=_sha1(d.indices), model=s.model, u_min=s.u_min,
+    return dict(seed=s.seed, data=d.name, n=d.n, indices_sha1=experiments.sha1_arrays(d.indices), model=s.model, u_min=s.u_min,
                 train=tc)
 
 
@@ -253,15 +238,8 @@ def _sample_stamp(s: Settings, train_stamp: dict) -> dict:
     return dict(train=train_stamp, steps=s.train.steps, sampler=dataclasses.asdict(s.sampler))
 
 
-def _read_json(path: str) -> Optional[dict]:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def _check_train_stamp(path: str, stamp: dict) -> None:
-    old = _read_json(path)
+    old = experiments.read_json(path)
     if old is None:
         experiments.write_json(path, stamp)
         return
@@ -286,11 +264,11 @@ def run_one(s: Settings, d: data_lib.ImageData, ref: Reference, ref_features: np
     t_stamp = _train_stamp(s, d)
     _check_train_stamp(os.path.join(n_dir, "train_settings.json"), t_stamp)
     s_stamp = _sample_stamp(s, t_stamp)
-    e_stamp = dict(samples=s_stamp, eval=s.eval, reference=dict(kind=ref.kind, sha1=_sha1(ref.images)),
+    e_stamp = dict(samples=s_stamp, eval=s.eval, reference=dict(kind=ref.kind, sha1=experiments.sha1_arrays(ref.images)),
                    features=extractor.name, version=RESULTS_VERSION)
     e_stamp = json.loads(json.dumps(e_stamp))
     res_path = os.path.join(n_dir, "results.json")
-    old = _read_json(res_path)
+    old = experiments.read_json(res_path)
     if old is not None and old.get("stamp") == e_stamp:
         logging.info("n=%d: finished results found in %s, skipping", d.n, res_path)
         return dict(old, this_run=dict(reused="results", steps_trained=0, wall_s=0.0, cpu_s=0.0))
@@ -320,13 +298,13 @@ def run_one(s: Settings, d: data_lib.ImageData, ref: Reference, ref_features: np
         samples = idf.sample(model, idf.sampling_params(state, s.sampler.use_ema),
                              jax.random.fold_in(jax.random.key(s.seed), 2), s.sampler, s.u_min, progress=s.progress)
         timing.update(sample_wall_s=time.perf_counter() - t, sample_cpu_s=time.process_time() - c)
-        _savez(samples_path, samples=samples.astype(np.float32), stamp=np.asarray(json.dumps(s_stamp)))
+        experiments.save_npz(samples_path, samples=samples.astype(np.float32), stamp=np.asarray(json.dumps(s_stamp)))
 
     t, c = time.perf_counter(), time.process_time()
     ev = s.eval
     summary, mem = idf.evaluate_samples(samples, d.images, ref_features, extractor, k=ev["k"], ratio=ev["ratio"],
                                         kid_subsets=ev["kid_subsets"], seed=s.seed)
-    _savez(os.path.join(n_dir, "nn.npz"), nn_idx=mem["nn_idx"], nn_dist=mem["nn_dist"],
+    experiments.save_npz(os.path.join(n_dir, "nn.npz"), nn_idx=mem["nn_idx"], nn_dist=mem["nn_dist"],
            memorized=mem["memorized"], dist_ratio=mem["dist_ratio"], train_indices=d.indices)
     m = len(samples)
     summary["memorization_stderr"] = math.sqrt(summary["memorization_ratio"] * (1 - summary["memorization_ratio"]) / m)
@@ -361,25 +339,13 @@ def run_one(s: Settings, d: data_lib.ImageData, ref: Reference, ref_features: np
                                       wall_s=time.perf_counter() - w0, cpu_s=time.process_time() - c0))
 
 
-def _savez(path: str, **arrays) -> None:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------ plots
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def plot_loss_curves(path: str, curves: dict[int, list[dict]], optimum: Optional[dict[int, float]] = None) -> None:
     """Training loss (mean eps-MSE per logged window) against step, one line per n; log-scale loss. Dashed: the
     loss of the empirical score for that n (`image_diffusion.empirical_optimum_loss`, the memorization floor)."""
-    plt = _plt()
+    plt = experiments.pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for i, (n, recs) in enumerate(sorted(curves.items())):
         if recs:
@@ -396,7 +362,7 @@ def plot_loss_curves(path: str, curves: dict[int, list[dict]], optimum: Optional
 
 def plot_memorization(path: str, runs: list[dict]) -> None:
     """Memorization ratio (with binomial standard error) against n, and the copy / held-out baselines."""
-    plt = _plt()
+    plt = experiments.pyplot()
     runs = sorted(runs, key=lambda r: r["n"])
     ns = [r["n"] for r in runs]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))

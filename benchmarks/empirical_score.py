@@ -15,7 +15,6 @@ max relative difference of the scores.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import jax
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffmem import scores
+from timing import median_time  # benchmarks/timing.py
 
 
 def numpy_empirical_score(x: np.ndarray, t: float, data: np.ndarray, chunk: int = 4096) -> np.ndarray:
@@ -42,14 +42,6 @@ def numpy_empirical_score(x: np.ndarray, t: float, data: np.ndarray, chunk: int 
         mean += w[:, lo:lo + chunk] @ data[lo:lo + chunk]
     return (a * mean - x) / s2
 
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main():
@@ -87,9 +79,9 @@ def main():
             t0 = time.perf_counter()
             ref_ours = np.asarray(ours())
             compile_s = time.perf_counter() - t0
-            ours_s = _median_time(ours, args.repeats)
+            ours_s = median_time(ours, args.repeats)
             ref_np = numpy_empirical_score(x, t, data, args.chunk)
-            np_s = _median_time(lambda: numpy_empirical_score(x, t, data, args.chunk), args.repeats)
+            np_s = median_time(lambda: numpy_empirical_score(x, t, data, args.chunk), args.repeats)
             rel = float(np.max(np.abs(ref_ours - ref_np)) / np.max(np.abs(ref_np)))
             print(f"{n:>7} {t:>6g} {ours_s:>9.4f} {np_s:>9.4f} {np_s / ours_s:>8.2f} {compile_s:>8.2f} "
                   f"{rel:>13.2e}", flush=True)

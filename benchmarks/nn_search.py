@@ -10,7 +10,6 @@ checked in float64, are counted separately).
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import jax
@@ -18,15 +17,8 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
 from diffmem import metrics
+from timing import median_time  # benchmarks/timing.py
 
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def _ties(q, x, i_a, i_b) -> int:
@@ -68,11 +60,11 @@ def main():
             t = time.perf_counter()
             dist, idx = ours()
             compile_s = time.perf_counter() - t
-            ours_s = _median_time(ours, args.repeats)
+            ours_s = median_time(ours, args.repeats)
 
             nnb = NearestNeighbors(n_neighbors=2, algorithm="brute").fit(x)
             sk_d, sk_i = nnb.kneighbors(q, n_neighbors=2)
-            sk_s = _median_time(lambda: nnb.kneighbors(q, n_neighbors=2), args.repeats)
+            sk_s = median_time(lambda: nnb.kneighbors(q, n_neighbors=2), args.repeats)
 
             idx, dist = np.asarray(idx), np.asarray(dist)
             same = float((idx == sk_i).all(1).mean())

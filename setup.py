@@ -25,7 +25,9 @@ setuptools.setup(
         "tqdm>=4.66,<5",
     ],
     extras_require={
-        "test": ["pytest>=8,<10"],
+        # InceptionV3 features (diffmem/inception.py): Keras 3 on the JAX backend; the tests exercise it too.
+        "inception": ["keras>=3.6,<4"],
+        "test": ["pytest>=8,<10", "keras>=3.6,<4"],
         "gpu": ["jax[cuda12]>=0.5.0,<0.13"],
         "tfds-prepare": ["tensorflow-cpu>=2.16,<3"],
     },

@@ -67,10 +67,12 @@ def get_config(arg=None):
     # image_diffusion.SamplerConfig fields.
     c.sampler = dict(num_samples=256, steps=100, method="sde", batch_size=256, denoise=True, use_ema=True)
     # Evaluation: memorization in pixel space vs the n training images (||x - NN1|| < ratio ||x - NN2||); FD, KID,
-    # precision/recall (k-NN manifolds) of classifier features against the reference ('heldout': the images
-    # outside the training subset; 'test'; 'all'), num_ref > 0 caps it (seeded).
+    # precision/recall (k-NN manifolds) of `features` against the reference ('heldout': the images outside the
+    # training subset; 'test'; 'all'), num_ref > 0 caps it (seeded). features: 'classifier' (offline CNN),
+    # 'pixels', or 'inception' with inception_weights = the path of a Keras InceptionV3 weights file
+    # (diffmem/inception.py; not bundled), e.g. --config.eval.features=inception --config.eval.inception_weights=...
     c.eval = dict(reference="heldout", num_ref=0, features="classifier", feature_steps=400, k=3, ratio=1.0 / 3.0,
-                  kid_subsets=50, grid_samples=32)
+                  kid_subsets=50, grid_samples=32, inception_weights="")
     # "Where is memorization decided?": base trajectories (Tweedie estimate's nearest training image along the
     # reverse path) and the swap test at unit times taus_u: for each pair (a, b), model a for t > tau and model b
     # below, and the reverse (repeat 0's models; pruning methods at paper_eta).

@@ -46,12 +46,13 @@ def get_config(arg=None):
     c.sampler = dict(num_samples=1000, steps=100, method="sde", batch_size=500, denoise=True, use_ema=True)
     # Evaluation. Memorization: pixel space vs the n training images, ||x - NN1|| < ratio ||x - NN2||.
     # Quality (FD, KID, precision/recall with k-NN radii) on `features` ('classifier': the offline CNN of
-    # diffmem.metrics trained for feature_steps on the reference pool's labelled images; 'pixels') against the
+    # diffmem.metrics trained for feature_steps on the reference pool's labelled images; 'pixels'; 'inception':
+    # InceptionV3 pool features from the Keras weights file `inception_weights`, see diffmem/inception.py) against the
     # reference set: 'heldout' (images of the split outside the largest training subset: disjoint from every
     # training set, the same for every n), 'test' (the test split), or 'all' (the whole split, training
     # images included). num_ref > 0 caps the reference at a seeded random num_ref of them (0 = all).
     c.eval = dict(reference="heldout", num_ref=0, features="classifier", feature_steps=400, k=3, ratio=1.0 / 3.0,
-                  kid_subsets=100, grid_samples=32)
+                  kid_subsets=100, grid_samples=32, inception_weights="")
     c.progress = True
 
     if arg == "smoke":

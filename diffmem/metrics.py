@@ -20,8 +20,8 @@ Distribution metrics on features (m, f):
 
 Feature extractors: a `FeatureExtractor` maps images (b, H, W, C) in [-1, 1] to features (b, f).
   Offline default 'classifier': a small CNN trained here on the dataset's labelled images and cached in
-  `<workdir>/feature_net/`; 'pixels': flattened pixels; or any user callable. InceptionV3 weights are not
-  bundled, so FD here is not the FID of the paper's Table 1 unless the user plugs in an Inception extractor.
+  `<workdir>/feature_net/`; 'pixels': flattened pixels; 'inception': InceptionV3 pool features from a weights
+  file the user provides (diffmem.inception; not bundled); or any user callable.
 """
 from __future__ import annotations
 
@@ -612,13 +612,13 @@ def get_feature_extractor(kind: str | Callable = "classifier", images=None, labe
                           workdir: str | None = None, *, widths: tuple[int, ...] = (32, 64, 64),
                           features: int = 64, steps: int = 400, batch_size: int = 128,
                           learning_rate: float = 3e-3, test_fraction: float = 0.2,
-                          seed: int = 0) -> FeatureExtractor:
+                          seed: int = 0, inception_weights: str | None = None) -> FeatureExtractor:
     """Builds a feature extractor images (b, H, W, C) in [-1, 1] -> (b, f).
 
     kind: 'classifier' (default; `FeatureCNN` trained on (images, labels), cached in
       <workdir>/feature_net/ and reloaded when the data and settings match; workdir=None: no cache),
-      'pixels' (flattened pixels), or a user callable / FeatureExtractor (returned as is).
-    'inception' is not available offline (see the error message).
+      'pixels' (flattened pixels), 'inception' (InceptionV3 pool_3 features from the Keras weights file
+      `inception_weights`; diffmem.inception), or a user callable / FeatureExtractor (returned as is).
     """
     if not isinstance(kind, str):
         return as_feature_extractor(kind)
@@ -629,12 +629,11 @@ def get_feature_extractor(kind: str | Callable = "classifier", images=None, labe
                                      batch_size=batch_size, learning_rate=learning_rate,
                                      test_fraction=test_fraction, seed=seed)
     if kind == "inception":
-        raise ValueError(
-            "kind='inception': InceptionV3 weights are not bundled with diffmem (no network access is "
-            "assumed). To compute FID, pass your own extractor instead: any callable mapping images "
-            "(b, H, W, C) in [-1, 1] to pool3 features (b, 2048), e.g. "
-            "get_feature_extractor(my_inception_fn) or FeatureExtractor('inception', my_inception_fn); "
-            "it must resize to 299x299 and rescale inputs as its weights expect.")
+        if not inception_weights:
+            raise ValueError("kind='inception' needs inception_weights: the path of a Keras InceptionV3 weights file "
+                             "(weights are not bundled or downloaded; see diffmem/inception.py)")
+        from diffmem import inception  # local: Keras is only imported when Inception features are asked for
+        return inception.inception_extractor(inception_weights)
     raise ValueError(f"kind must be 'classifier', 'pixels', 'inception' or a callable, got {kind!r}")
 
 

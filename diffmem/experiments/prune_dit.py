@@ -91,7 +91,8 @@ SECTIONS = {
     "prune": ("etas", "paper_eta", "keep_one_per_layer", "score_batches", "score_batch_size", "loss_batches"),
     "weight_decay": ("base", "base_value", "finetune_value"),
     "sampler": tuple(f.name for f in dataclasses.fields(idf.SamplerConfig)),
-    "eval": ("reference", "num_ref", "features", "feature_steps", "k", "ratio", "kid_subsets", "grid_samples"),
+    "eval": ("reference", "num_ref", "features", "feature_steps", "k", "ratio", "kid_subsets", "grid_samples",
+             "inception_weights"),
     "where": ("enabled", "num_samples", "taus_u", "swap_pairs"),
 }
 TOP_LEVEL = ("experiment", "seed", "preset", "base_checkpoint", "methods", "sweep_methods", "repeats",
@@ -162,7 +163,8 @@ def parse_config(config) -> Settings:
     if unknown:
         raise ValueError(f"unknown top-level config key(s) {unknown}; accepted: {list(TOP_LEVEL)}")
     sec = {name: experiments.config_section(config, name, SECTIONS[name],
-                                optional=("b1", "b2", "schedule", "denoise", "use_ema", "seed"))
+                                optional=("b1", "b2", "schedule", "denoise", "use_ema", "seed",
+                                          "inception_weights"))
            for name in SECTIONS}
     d = sec["data"]
     if not isinstance(d["name"], str) or not d["name"]:
@@ -205,8 +207,7 @@ def parse_config(config) -> Settings:
     ev = dict(sec["eval"])
     if ev["reference"] not in train_dit.REFERENCES:
         raise ValueError(f"config.eval.reference must be one of {train_dit.REFERENCES}, got {ev['reference']!r}")
-    if ev["features"] not in train_dit.FEATURES:
-        raise ValueError(f"config.eval.features must be one of {train_dit.FEATURES}, got {ev['features']!r}")
+    train_dit.check_features(ev)
     for f, lo in (("num_ref", 0), ("feature_steps", 1), ("k", 1), ("kid_subsets", 1), ("grid_samples", 0)):
         ev[f] = experiments.check_int(f"config.eval.{f}", ev[f], lo)
     ev["ratio"] = _num("config.eval.ratio", ev["ratio"], 0.0, 1.0, lo_open=True, hi_open=False)
@@ -910,14 +911,12 @@ def load_data(s: Settings) -> tuple[data_lib.ImageData, np.ndarray, data_lib.Ima
     return d, pool.images[idx], pool
 
 
-def feature_extractor(s: Settings, pool: data_lib.ImageData, workdir: str) -> metrics.FeatureExtractor:
-    if s.eval["features"] == "pixels":
-        return metrics.get_feature_extractor("pixels")
-    if (pool.labels < 0).any():
-        raise ValueError(f"config.eval.features='classifier' needs labelled images; {pool.name} has none "
-                         "(use features='pixels')")
-    return metrics.get_feature_extractor("classifier", pool.images, pool.labels, workdir,
-                                         steps=s.eval["feature_steps"], seed=s.seed)
+def _fd_caveat(features: str) -> str:
+    """How an FD on these features compares with the paper's FID."""
+    if features.startswith("inception"):
+        return ("Keras InceptionV3 weights: FD comparable across runs with the same weights, not to published FIDs "
+                "of the TTUR Inception graph")
+    return "not Inception: not comparable to the paper's FID"
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -950,7 +949,7 @@ def run(config, workdir: str) -> dict:
 
     # features and base
     t, c = time.perf_counter(), time.process_time()
-    extractor = feature_extractor(s, pool, workdir)
+    extractor = train_dit.make_feature_extractor(s.eval, pool, workdir, s.seed)
     ref_features = extractor(ref_images)
     lap("features", t, c)
     t, c = time.perf_counter(), time.process_time()
@@ -1031,8 +1030,8 @@ def run(config, workdir: str) -> dict:
                f"(hidden {model.hidden}, patch {model.patch}; {num_params} parameters), base {base['source']} "
                f"({base['steps']} steps); fine-tuning M = {s.finetune.steps} steps; {s.sampler.num_samples} samples "
                f"per model; mean +- std over {s.repeats} repeat(s) (same seeds for every method). FD/KID: "
-               f"{extractor.name} features vs {len(ref_images)} '{s.eval['reference']}' images (not Inception: "
-               f"not comparable to the paper's FID). Paper: CIFAR-10, 5,000 images, DiT, 5 runs.")
+               f"{extractor.name} features vs {len(ref_images)} '{s.eval['reference']}' images ("
+               f"{_fd_caveat(extractor.name)}). Paper: CIFAR-10, 5,000 images, DiT, 5 runs.")
     table_md = format_table(s, rows, context)
     with open(os.path.join(workdir, "table.md"), "w") as f:
         f.write(table_md)

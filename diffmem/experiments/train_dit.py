@@ -43,12 +43,13 @@ SECTIONS = {
     "diffusion": ("u_min",),
     "train": tuple(f.name for f in dataclasses.fields(train.TrainConfig) if f.name != "seed"),
     "sampler": tuple(f.name for f in dataclasses.fields(idf.SamplerConfig)),
-    "eval": ("reference", "num_ref", "features", "feature_steps", "k", "ratio", "kid_subsets", "grid_samples"),
+    "eval": ("reference", "num_ref", "features", "feature_steps", "k", "ratio", "kid_subsets", "grid_samples",
+             "inception_weights"),
 }
 TOP_LEVEL = ("experiment", "seed", "preset", "ns", "progress") + tuple(SECTIONS)
 REFERENCES = ("heldout", "test", "all")
 RESULTS_VERSION = 1  # bump when the per-n results change meaning or fields: older results.json are recomputed
-FEATURES = ("classifier", "pixels")
+FEATURES = ("classifier", "pixels", "inception")
 # Train settings that may change between runs of one workdir without invalidating its checkpoints.
 _RESUMABLE_TRAIN_FIELDS = ("steps", "log_every", "ckpt_every", "keep_ckpts")
 
@@ -136,11 +137,10 @@ def parse_config(config) -> Settings:
     except (ValueError, TypeError) as e:
         raise ValueError(f"config.train / config.sampler: {e}") from None
     ev = dict(sec["eval"])
-    _require(ev, "eval", SECTIONS["eval"])
+    _require(ev, "eval", [k for k in SECTIONS["eval"] if k != "inception_weights"])
     if ev["reference"] not in REFERENCES:
         raise ValueError(f"config.eval.reference must be one of {REFERENCES}, got {ev['reference']!r}")
-    if ev["features"] not in FEATURES:
-        raise ValueError(f"config.eval.features must be one of {FEATURES}, got {ev['features']!r}")
+    check_features(ev)
     ev["num_ref"] = experiments.check_int("config.eval.num_ref", ev["num_ref"], 0)
     ev["feature_steps"] = experiments.check_int("config.eval.feature_steps", ev["feature_steps"], 1)
     ev["k"] = experiments.check_int("config.eval.k", ev["k"], 1)
@@ -213,16 +213,38 @@ def load_reference(s: Settings, largest: data_lib.ImageData) -> Reference:
     return Reference(images=pool.images[idx], pool=pool, kind=kind, disjoint=kind != "all")
 
 
-def feature_extractor(s: Settings, ref: Reference, workdir: str) -> metrics.FeatureExtractor:
-    """'classifier': metrics' offline CNN trained on the reference pool's labels (cached in <workdir>/feature_net);
-    'pixels': flattened pixels."""
-    if s.eval["features"] == "pixels":
+def check_features(ev: dict) -> None:
+    """Validates config.eval.features and config.eval.inception_weights in place (shared with prune_dit)."""
+    if ev["features"] not in FEATURES:
+        raise ValueError(f"config.eval.features must be one of {FEATURES}, got {ev['features']!r}")
+    w = ev.get("inception_weights", "") or ""
+    if not isinstance(w, str):
+        raise ValueError(f"config.eval.inception_weights must be a path (str), got {w!r}")
+    if ev["features"] == "inception":
+        if not w:
+            raise ValueError("config.eval.inception_weights must be the path of a Keras InceptionV3 weights file "
+                             "when config.eval.features='inception' (weights are not bundled; see diffmem/inception.py)")
+        if not os.path.isfile(os.path.expanduser(w)):
+            raise ValueError(f"config.eval.inception_weights={w!r} is not a file")
+    elif w:
+        raise ValueError(f"config.eval.inception_weights is only used with config.eval.features='inception', "
+                         f"got features={ev['features']!r}")
+    ev["inception_weights"] = w
+
+
+def make_feature_extractor(ev: dict, pool: data_lib.ImageData, workdir: str, seed: int) -> metrics.FeatureExtractor:
+    """config.eval.features: 'classifier' (metrics' offline CNN trained on the pool's labels, cached in
+    <workdir>/feature_net), 'pixels' (flattened pixels) or 'inception' (diffmem.inception, from
+    config.eval.inception_weights). Shared with prune_dit."""
+    if ev["features"] == "pixels":
         return metrics.get_feature_extractor("pixels")
-    if (ref.pool.labels < 0).any():
-        raise ValueError(f"config.eval.features='classifier' needs labelled images; {ref.pool.name} has none "
-                         "(use features='pixels')")
-    return metrics.get_feature_extractor("classifier", ref.pool.images, ref.pool.labels, workdir,
-                                         steps=s.eval["feature_steps"], seed=s.seed)
+    if ev["features"] == "inception":
+        return metrics.get_feature_extractor("inception", inception_weights=ev["inception_weights"])
+    if (pool.labels < 0).any():
+        raise ValueError(f"config.eval.features='classifier' needs labelled images; {pool.name} has none "
+                         "(use features='pixels' or 'inception')")
+    return metrics.get_feature_extractor("classifier", pool.images, pool.labels, workdir,
+                                         steps=ev["feature_steps"], seed=seed)
 
 
 # ------------------------------------------------------------------------------------------ stamps
@@ -419,7 +441,7 @@ def run(config, workdir: str) -> dict:
         raise ValueError(f"config.model: {e}") from None
     ref = load_reference(s, largest)
     t, c = time.perf_counter(), time.process_time()
-    extractor = feature_extractor(s, ref, workdir)
+    extractor = make_feature_extractor(s.eval, ref.pool, workdir, s.seed)
     ref_features = extractor(ref.images)
     feat_time = dict(wall_s=time.perf_counter() - t, cpu_s=time.process_time() - c)
     num_params = dit_lib.count_params(jax.eval_shape(lambda: idf.init_params(model, jax.random.key(0))))

@@ -1058,7 +1058,8 @@ def run(config, workdir: str) -> dict:
         repeats=s.repeats, sweep_repeats=s.sweep_repeats,
         weight_decay=dict(base=s.wd_base, base_value=s.wd_base_value, finetune_value=s.wd_finetune_value),
         reference=dict(kind=s.eval["reference"], n_ref=int(len(ref_images)), features=extractor.name,
-                       feature_test_accuracy=extractor.info.get("test_accuracy")),
+                       feature_test_accuracy=extractor.info.get("test_accuracy"),
+                       feature_info={k: v for k, v in extractor.info.items() if k in train_dit.FEATURE_INFO}),
         runs=runs, aggregate=agg, table=rows, paper_table=PAPER_TABLE, comparisons=comp,
         scores=None if scores0 is None else dict(
             repeat=0, **{k: v.tolist() for k, v in scores0.items()},

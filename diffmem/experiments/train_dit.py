@@ -50,6 +50,7 @@ TOP_LEVEL = ("experiment", "seed", "preset", "ns", "progress") + tuple(SECTIONS)
 REFERENCES = ("heldout", "test", "all")
 RESULTS_VERSION = 1  # bump when the per-n results change meaning or fields: older results.json are recomputed
 FEATURES = ("classifier", "pixels", "inception")
+FEATURE_INFO = ("test_accuracy", "cached", "weights", "weights_sha1", "implementation")  # provenance in results.json
 # Train settings that may change between runs of one workdir without invalidating its checkpoints.
 _RESUMABLE_TRAIN_FIELDS = ("steps", "log_every", "ckpt_every", "keep_ckpts")
 
@@ -469,8 +470,7 @@ def run(config, workdir: str) -> dict:
         train=dataclasses.asdict(s.train), sampler=dataclasses.asdict(s.sampler),
         reference=dict(kind=ref.kind, n_ref=int(len(ref.images)), source=ref.pool.name,
                        disjoint_from_training=ref.disjoint),
-        features=dict(kind=extractor.name, **{k: v for k, v in extractor.info.items() if k in ("test_accuracy",
-                                                                                               "cached")}),
+        features=dict(kind=extractor.name, **{k: v for k, v in extractor.info.items() if k in FEATURE_INFO}),
         runs=runs, table=table,
         timing=dict(total_wall_s=time.perf_counter() - w0, total_cpu_s=time.process_time() - c0,
                     features=feat_time))

@@ -9,8 +9,8 @@ t(1) = 10.05). Since x_t = alpha_t x0 + sigma_t eps, E[eps | x_t] = -sigma_t sco
 Training (`make_loss`): losses.make_eps_loss, u ~ U(u_min, 1), i.e. the sigma_t^2-weighted DSM loss of eq. 3.1.
 Sampling (`sample`): from Y_T ~ N(0, I) at T = t(1) down to the early-stopping time t0 = t(u_min) on a grid
 uniform in u (sampling.time_grid(..., spacing='ddpm')), reverse SDE (Euler-Maruyama) or probability-flow ODE
-(Heun), then a Tweedie denoising step at t0 (diffmem.sampling.sample_batch). Sample i uses the key
-fold_in(key, start_index + i), so it does not depend on the batch size. The batch function is jit-compiled once
+(Heun), then a Tweedie denoising step at t0 (diffmem.sampling.sample_batch), data parallel over the local devices.
+Sample i uses the key fold_in(key, start_index + i), so it does not depend on the batch size or device count. The batch function is jit-compiled once
 per (model, image shape, sampler settings) with the parameters, the head mask and the keys as ARGUMENTS: sampling
 another parameter set or head mask of the same model (the pruning experiment) reuses the compiled program.
 
@@ -21,12 +21,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from diffmem import data as data_lib
 from diffmem import losses, metrics, sampling, sde, train
@@ -220,12 +219,14 @@ def _batch_sampler(model: dit_lib.DiT, shape: tuple[int, ...], method: str, deno
 
 
 def sample(model: dit_lib.DiT, params: PyTree, key: Array, cfg: SamplerConfig, u_min: float, *,
-           head_mask: Optional[Array] = None, progress: bool = False, start_index: int = 0) -> np.ndarray:
+           head_mask: Optional[Array] = None, progress: bool = False, start_index: int = 0,
+           devices: Optional[Sequence[jax.Device]] = None) -> np.ndarray:
     """cfg.num_samples images (m, H, W, C) from the DiT; sample i uses fold_in(key, start_index + i).
 
-    Batches of cfg.batch_size (the last one padded, so one compilation), on the first local device. params: the
-    parameters to use (state.ema_params or state.params; see `sampling_params`). head_mask (depth, max_heads) or
-    None (all heads).
+    Batches of cfg.batch_size (rounded up to a multiple of the device count; the last one padded, so one
+    compilation), data parallel over `devices` (default: all local devices; sampling.key_batches) with the
+    parameters replicated. params: the parameters to use (state.ema_params or state.params; see
+    `sampling_params`). head_mask (depth, max_heads) or None (all heads).
     """
     grid = sampling_grid(u_min, cfg.steps)
     shape = (model.image_size, model.image_size, model.channels)
@@ -236,14 +237,11 @@ def sample(model: dit_lib.DiT, params: PyTree, key: Array, cfg: SamplerConfig, u
         raise ValueError(f"head_mask must have shape (depth, max_heads) = {(model.depth, model.max_heads)}, "
                          f"got {head_mask.shape}")
     run = _batch_sampler(model, shape, cfg.method, bool(cfg.denoise))
-    # one device: parameters replicated over a training mesh would otherwise run every batch on every device
-    params = jax.device_put(params, jax.local_devices()[0])
-    bs = min(cfg.batch_size, cfg.num_samples)
-    out = []
-    for lo in tqdm(range(0, cfg.num_samples, bs), desc=f"sampling ({cfg.method}, {cfg.steps} steps)",
-                   disable=not progress, leave=False):
-        keys = sampling.per_sample_keys(key, bs, start_index + lo)
-        out.append(np.asarray(run(params, head_mask, keys, grid))[: cfg.num_samples - lo])
+    mesh = sampling.device_mesh(devices)
+    params, head_mask, grid = sampling.replicate((params, head_mask, grid), mesh)
+    out = [np.asarray(run(params, head_mask, keys, grid))[:keep] for _, keep, keys in
+           sampling.key_batches(key, cfg.num_samples, cfg.batch_size, mesh, start_index, progress,
+                                f"sampling ({cfg.method}, {cfg.steps} steps)")]
     return np.concatenate(out, 0)
 
 

@@ -5,12 +5,21 @@ dY = [Y/2 + score(Y, T-s)/2] ds (Heun), integrated from T down to t0 on a decrea
 
 Per-sample seeds (EDM style): sample i uses key fold_in(base_key, i) for its initial draw and for the
 noise of every step, so sample i is identical whatever the batch size or device count.
+
+Data parallel: `key_batches` shards each batch of per-sample keys over a 1-D device mesh (`device_mesh`, default all
+local devices) and `replicate` puts the model's parameters on every device; the jit-compiled sampler is then
+partitioned along the batch by XLA (no communication: samples are independent). With several processes
+(jax.distributed) each process samples on its own local devices.
 """
 from __future__ import annotations
+
+from typing import Any, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from diffmem import sde
@@ -87,23 +96,18 @@ def sample_batch(score_fn: sde.ScoreFn, keys: Array, shape: tuple[int, ...], gri
 
 def generate(score_fn: sde.ScoreFn, key: Array, num_samples: int, shape: tuple[int, ...],
              grid: Array, method: str = "sde", batch_size: int = 512, denoise: bool = True,
-             progress: bool = False, start_index: int = 0) -> np.ndarray:
+             progress: bool = False, start_index: int = 0,
+             devices: Optional[Sequence[jax.Device]] = None) -> np.ndarray:
     """num_samples samples in batches; sample i uses fold_in(key, start_index + i).
 
-    Returns a host array (num_samples, *shape). The batch function is jit-compiled once (the last
-    batch is padded to the same size).
+    Returns a host array (num_samples, *shape). The batch function is jit-compiled once (the last batch is padded
+    to the same size) and runs data parallel over `devices` (default: all local devices; see `key_batches`).
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    batch_size = min(batch_size, num_samples)
-    run = jax.jit(lambda keys: sample_batch(score_fn, keys, shape, grid, method, denoise))
-    out = []
-    starts = range(0, num_samples, batch_size)
-    for lo in tqdm(starts, desc=f"sampling ({method})", disable=not progress, leave=False):
-        keys = per_sample_keys(key, batch_size, start_index + lo)
-        out.append(np.asarray(run(keys))[: num_samples - lo])
+    mesh = device_mesh(devices)
+    run = jax.jit(lambda keys, grid: sample_batch(score_fn, keys, shape, grid, method, denoise))
+    grid = replicate(jnp.asarray(grid), mesh)
+    out = [np.asarray(run(keys, grid))[:keep] for _, keep, keys in
+           key_batches(key, num_samples, batch_size, mesh, start_index, progress, f"sampling ({method})")]
     return np.concatenate(out, 0)
 
 
@@ -111,3 +115,35 @@ def per_sample_keys(key: Array, num: int, start: int = 0) -> Array:
     """keys (num,) with key i = fold_in(key, start + i)."""
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(num))
 
+
+def device_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """A 1-D mesh with axis 'batch' over `devices` (default: this process's local devices) for data-parallel
+    sampling."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("devices must hold at least one device")
+    return Mesh(np.asarray(devices), ("batch",))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """The arrays of `tree` replicated on every device of `mesh` (parameters, masks, time grids)."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def key_batches(key: Array, num_samples: int, batch_size: int, mesh: Mesh, start_index: int = 0,
+                progress: bool = False, desc: str = "sampling") -> Iterator[tuple[int, int, Array]]:
+    """Yields (lo, keep, keys) for the batches of samples lo .. lo + keep - 1: keys (b,) with key j =
+    fold_in(key, start_index + lo + j), sharded over the mesh's 'batch' axis.
+
+    b = min(batch_size, num_samples) rounded up to a multiple of the device count, the same for every batch (one
+    compilation); the last batch's padding rows (j >= keep) are extra samples for the caller to drop.
+    """
+    for name, v in (("num_samples", num_samples), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    nd = mesh.devices.size
+    b = -(-min(batch_size, num_samples) // nd) * nd
+    sharding = NamedSharding(mesh, P("batch"))
+    for lo in tqdm(range(0, num_samples, b), desc=desc, disable=not progress, leave=False):
+        keys = jax.device_put(per_sample_keys(key, b, start_index + lo), sharding)
+        yield lo, min(b, num_samples - lo), keys

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from diffmem import data as data_lib
-from diffmem import experiments, image_diffusion as idf, losses, sde
+from diffmem import experiments, image_diffusion as idf, losses, sampling, sde
 from diffmem.experiments import train_dit
 
 _spec = importlib.util.spec_from_file_location(
@@ -139,6 +139,26 @@ def test_sampler_per_sample_keys_independent_of_batch_size():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(a[10:], c, rtol=1e-5, atol=1e-5)
     assert np.abs(a[0] - a[1]).max() > 0.1  # different samples differ
+
+
+def test_dit_sampling_is_data_parallel():
+    """With the 4 fake CPU devices the batch is split over all of them; the samples equal one device's."""
+    devices = jax.local_devices()
+    assert len(devices) == 4
+    model = tiny_model()
+    params = perturbed_params(model, seed=4, std=0.05)
+    key = jax.random.key(5)
+    cfg = idf.SamplerConfig(num_samples=10, steps=SMOKE_STEPS, batch_size=6)   # batches of 8: 8 + 2 (padded)
+    four = idf.sample(model, params, key, cfg, U_MIN)
+    one = idf.sample(model, params, key, cfg, U_MIN, devices=devices[:1])
+    assert four.shape == (10, 8, 8, 1)
+    np.testing.assert_allclose(four, one, rtol=1e-5, atol=1e-5)
+    mesh = sampling.device_mesh()
+    run = idf._batch_sampler(model, (8, 8, 1), "sde", True)
+    p, m, g = sampling.replicate((params, jnp.ones((model.depth, model.max_heads)),
+                                  idf.sampling_grid(U_MIN, SMOKE_STEPS)), mesh)
+    (_, _, keys), = sampling.key_batches(key, 8, 8, mesh)
+    assert [s.data.shape for s in run(p, m, keys, g).addressable_shards] == [(2, 8, 8, 1)] * 4
 
 
 def test_sampler_config_errors():

@@ -467,12 +467,12 @@ def swap_sample(model: dit_lib.DiT, params_hi, mask_hi, params_lo, mask_lo, tau_
     grid = idf.sampling_grid(u_min, cfg.steps)
     shape = (model.image_size, model.image_size, model.channels)
     run = _swap_sampler(model, shape, cfg.method, bool(cfg.denoise))
-    bs = min(cfg.batch_size, cfg.num_samples)
-    out = []
-    for lo in range(0, cfg.num_samples, bs):
-        keys = sampling.per_sample_keys(key, bs, lo)
-        out.append(np.asarray(run(params_hi, jnp.asarray(mask_hi), params_lo, jnp.asarray(mask_lo),
-                                  jnp.float32(tau_t), keys, grid))[: cfg.num_samples - lo])
+    mesh = sampling.device_mesh()
+    args = sampling.replicate((params_hi, jnp.asarray(mask_hi), params_lo, jnp.asarray(mask_lo),
+                               jnp.float32(tau_t)), mesh)
+    grid = sampling.replicate(grid, mesh)
+    out = [np.asarray(run(*args, keys, grid))[:keep]
+           for _, keep, keys in sampling.key_batches(key, cfg.num_samples, cfg.batch_size, mesh)]
     return np.concatenate(out, 0)
 
 
@@ -507,18 +507,20 @@ def trajectory_decisions(model: dit_lib.DiT, params, train_images, key: jax.Arra
     shape = (model.image_size, model.image_size, model.channels)
     run = _path_sampler(model, shape, cfg.method)
     train_flat = np.asarray(train_images, np.float32).reshape(len(train_images), -1)
-    bs = min(cfg.batch_size, cfg.num_samples, PATH_BATCH)
+    mesh = sampling.device_mesh()
+    params, mask, grid = sampling.replicate((params, jnp.asarray(mask), grid), mesh)
     finals, lasts, nns, mems = [], [], [], []
-    for lo in range(0, cfg.num_samples, bs):   # one batch of paths at a time: (K+1, b, H, W, C) on device
-        f, x0 = run(params, jnp.asarray(mask), sampling.per_sample_keys(key, bs, lo), grid)
-        keep = min(bs, cfg.num_samples - lo)
+    # one batch of paths at a time: (K+1, b, H, W, C) on the devices
+    for _, keep, keys in sampling.key_batches(key, cfg.num_samples, min(cfg.batch_size, PATH_BATCH), mesh):
+        f, x0 = run(params, mask, keys, grid)
+        x0 = np.asarray(x0)[:, :keep]                                                 # (K+1, keep, H, W, C)
         k1 = x0.shape[0]
-        dist, idx = metrics.top2_neighbors(x0[:, :keep].reshape(k1 * keep, -1), train_flat)
+        dist, idx = metrics.top2_neighbors(x0.reshape(k1 * keep, -1), train_flat)
         dist, idx = np.asarray(dist).reshape(k1, keep, 2), np.asarray(idx).reshape(k1, keep, 2)
         nns.append(idx[..., 0])                                                       # (K+1, b)
         mems.append(dist[..., 0] < ratio * dist[..., 1])                              # (K+1, b)
         finals.append(np.asarray(f)[:keep])
-        lasts.append(np.asarray(x0[-1])[:keep])
+        lasts.append(x0[-1])
     final = np.concatenate(finals, 0)                                                 # (m, H, W, C)
     nn = np.concatenate(nns, 1)                                                       # (K+1, m)
     mem_along = np.concatenate(mems, 1)                                               # (K+1, m)

@@ -5,7 +5,8 @@ diffmem.train.train (the experiment's own path: jitted step, on-device batches, 
 diffmem.image_diffusion.sample with the reverse SDE (Euler-Maruyama, 1 network evaluation per step) and the
 probability-flow ODE (Heun, 2 per step), plus the final Tweedie step. Every row is timed after a warm-up call with
 the same shapes (its time, compile included, is `first_s`); `cpu_ms` is process CPU time (all threads) per
-training step / per sample, which is what a shared machine costs.
+training step / per sample, which is what a shared machine costs. Sampling runs data parallel over all local devices
+(`xN` in the label); with more than one, the SDE row is repeated on one device for the ratio.
 
     python benchmarks/train_sample_throughput.py [--preset cpu] [--train_steps 300] [--num_samples 500]
 """
@@ -55,7 +56,7 @@ def main():
     params = idf.init_params(model, jax.random.key(0))
     print(f"devices: {jax.devices()}  preset={args.preset}  data={s.data_name} n={n} {d.image_shape}  "
           f"DiT {s.model} ({dit_lib.count_params(params):,} params)")
-    hdr = (f"{'what':<22} {'batch':>6} {'first_s':>8} {'timed':>7} {'wall_s':>8} {'per_s':>9} {'ms_each':>8} "
+    hdr = (f"{'what':<26} {'batch':>6} {'first_s':>8} {'timed':>7} {'wall_s':>8} {'per_s':>9} {'ms_each':>8} "
            f"{'cpu_ms':>8}")
     print(hdr)
     print("-" * len(hdr))
@@ -69,20 +70,23 @@ def main():
     (state, _), wall, cpu = _timed(lambda: jax.block_until_ready(idf.train_model(
         model, d.images, cfg, None, key=key, u_min=s.u_min, progress=False)))
     k = args.train_steps
-    print(f"{'train step':<22} {cfg.batch_size:>6} {first:>8.2f} {k:>7} {wall:>8.2f} {k / wall:>9.1f} "
+    print(f"{'train step':<26} {cfg.batch_size:>6} {first:>8.2f} {k:>7} {wall:>8.2f} {k / wall:>9.1f} "
           f"{1e3 * wall / k:>8.2f} {1e3 * cpu / k:>8.2f}", flush=True)
 
-    for method in ("sde", "ode"):
+    # sampling is data parallel over all local devices; with several, the SDE is also timed on one device
+    local = jax.local_devices()
+    runs = [("sde", local), ("ode", local)] + ([("sde", local[:1])] if len(local) > 1 else [])
+    for method, devices in runs:
         sc = dataclasses.replace(s.sampler, num_samples=args.num_samples, method=method,
                                  batch_size=min(s.sampler.batch_size, args.num_samples))
         w = dataclasses.replace(sc, num_samples=sc.batch_size)
-        _, first, _ = _timed(lambda: idf.sample(model, state.ema_params, key, w, s.u_min))
-        out, wall, cpu = _timed(lambda: idf.sample(model, state.ema_params, key, sc, s.u_min))
+        _, first, _ = _timed(lambda: idf.sample(model, state.ema_params, key, w, s.u_min, devices=devices))
+        out, wall, cpu = _timed(lambda: idf.sample(model, state.ema_params, key, sc, s.u_min, devices=devices))
         assert np.isfinite(out).all()
         m = args.num_samples
         nfe = sc.steps * (1 if method == "sde" else 2) + int(sc.denoise)
-        label = f"sample {method} ({nfe} NFE)"
-        print(f"{label:<22} {sc.batch_size:>6} {first:>8.2f} {m:>7} {wall:>8.2f} {m / wall:>9.1f} "
+        label = f"sample {method} ({nfe} NFE) x{len(devices)}"
+        print(f"{label:<26} {sc.batch_size:>6} {first:>8.2f} {m:>7} {wall:>8.2f} {m / wall:>9.1f} "
               f"{1e3 * wall / m:>8.2f} {1e3 * cpu / m:>8.2f}", flush=True)
 
 

@@ -9,10 +9,11 @@ t(1) = 10.05). Since x_t = alpha_t x0 + sigma_t eps, E[eps | x_t] = -sigma_t sco
 Training (`make_loss`): losses.make_eps_loss, u ~ U(u_min, 1), i.e. the sigma_t^2-weighted DSM loss of eq. 3.1.
 Sampling (`sample`): from Y_T ~ N(0, I) at T = t(1) down to the early-stopping time t0 = t(u_min) on a grid
 uniform in u (sampling.time_grid(..., spacing='ddpm')), reverse SDE (Euler-Maruyama) or probability-flow ODE
-(Heun), then a Tweedie denoising step at t0 (diffmem.sampling.sample_batch), data parallel over the local devices.
-Sample i uses the key fold_in(key, start_index + i), so it does not depend on the batch size or device count. The batch function is jit-compiled once
-per (model, image shape, sampler settings) with the parameters, the head mask and the keys as ARGUMENTS: sampling
-another parameter set or head mask of the same model (the pruning experiment) reuses the compiled program.
+(Heun), then a Tweedie denoising step at t0 (diffmem.sampling.sample_batch), data parallel over the local
+devices. Sample i uses the key fold_in(key, start_index + i), so it does not depend on the batch size or device
+count. The batch function is jit-compiled once per (model, image shape, sampler settings) with the parameters, the
+head mask and the keys as ARGUMENTS: sampling another parameter set or head mask of the same model (the pruning
+experiment) reuses the compiled program.
 
 Training, sampling and evaluation helpers here are shared by experiments/train_dit.py and the pruning experiment.
 """

@@ -31,7 +31,6 @@ from diffmem import metrics
 
 Array = jax.Array
 RESOLUTION = 299          # InceptionV3's input size
-FEATURES = 2048           # pool_3 width
 _PARTIAL_LOAD = "freshly-initialized"  # Keras's warning when a weights file leaves layers at their random init
 _INSTALL_HINT = "pip install 'keras>=3.6' (or diffmem's extra: pip install -e '.[inception]')"
 

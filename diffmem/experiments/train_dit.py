@@ -223,8 +223,8 @@ def check_features(ev: dict) -> None:
         raise ValueError(f"config.eval.inception_weights must be a path (str), got {w!r}")
     if ev["features"] == "inception":
         if not w:
-            raise ValueError("config.eval.inception_weights must be the path of a Keras InceptionV3 weights file "
-                             "when config.eval.features='inception' (weights are not bundled; see diffmem/inception.py)")
+            raise ValueError("config.eval.inception_weights must be the path of a Keras InceptionV3 weights file when "
+                             "config.eval.features='inception' (weights are not bundled; see diffmem/inception.py)")
         if not os.path.isfile(os.path.expanduser(w)):
             raise ValueError(f"config.eval.inception_weights={w!r} is not a file")
     elif w:
@@ -233,7 +233,8 @@ def check_features(ev: dict) -> None:
     ev["inception_weights"] = w
 
 
-def make_feature_extractor(ev: dict, pool: data_lib.ImageData, workdir: str, seed: int) -> metrics.FeatureExtractor:
+def make_feature_extractor(ev: dict, pool: data_lib.ImageData, workdir: str,
+                           seed: int) -> metrics.FeatureExtractor:
     """config.eval.features: 'classifier' (metrics' offline CNN trained on the pool's labels, cached in
     <workdir>/feature_net), 'pixels' (flattened pixels) or 'inception' (diffmem.inception, from
     config.eval.inception_weights). Shared with prune_dit."""

@@ -19,6 +19,7 @@ gloo (`jax_cpu_collectives_implementation`, default "gloo" in jax 0.10). See lau
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -416,18 +417,29 @@ def _build(loss_fn, sample_batch, opt_cfg: TrainConfig, time_edges, devices, key
     return init_fn, step_fn, replicated
 
 
+# Asynchronous dispatch runs ahead of the devices by at most this many steps. Unbounded, XLA:CPU deadlocks with
+# several (fake) devices: hundreds of queued executions whose all-reduces wait for each other (seen with 2 devices
+# and 200 queued steps); on accelerators a few steps ahead keep the device busy.
+MAX_STEPS_IN_FLIGHT = 8
+
+
 def _loop(step_fn, state, cfg, start, last_ckpt, log, mngr, hooks, progress) -> TrainState:
-    """The host loop: dispatch steps asynchronously; sync only at log / checkpoint steps."""
+    """The host loop: dispatch steps asynchronously (at most MAX_STEPS_IN_FLIGHT ahead); fetch metrics only at log
+    / checkpoint steps."""
     import tqdm  # deferred like orbax
 
     pbar = tqdm.tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                      disable=True if not progress or jax.process_index() != 0 else None)
     pending, window = [], []  # device metrics not yet fetched; host metrics since the last record
+    in_flight = collections.deque()  # losses of dispatched steps not yet known to be done
     checked, t_last, s_last = start, time.perf_counter(), start
     with pbar:
         for step in range(start + 1, cfg.steps + 1):  # `step` = completed steps after this iteration
             state, metrics = step_fn(state)
             pending.append(metrics)
+            in_flight.append(metrics["loss"])
+            if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+                in_flight.popleft().block_until_ready()
             is_log = step % cfg.log_every == 0 or step == cfg.steps
             is_ckpt = step % cfg.ckpt_every == 0 or step == cfg.steps
             record = None

@@ -1,5 +1,7 @@
 """Tests of diffmem.train: optimizer, pure step (vmap), EMA, resume, NaN guard, data parallelism, config."""
 
+import os
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -305,6 +307,32 @@ def test_data_parallel_four_devices_equals_single_device():
     np.testing.assert_array_equal(params["w"], 0.0)
     np.testing.assert_allclose(losses[1], losses[4], rtol=1e-5)
     chex.assert_trees_all_close(states[1].params, states[4].params, rtol=1e-5, atol=1e-6)
+
+
+_QUEUED_STEPS_SCRIPT = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, sys.argv[1])
+import jax
+import test_train as tt
+from diffmem import train as T
+cfg = tt.small_cfg(steps=400, log_every=400, ckpt_every=400)
+state = T.train(tt.linear_loss, tt.init_params(), tt.make_data(), cfg, None, key=jax.random.key(0), progress=False)
+print("done", int(jax.block_until_ready(state).step))
+"""
+
+
+def test_many_queued_steps_on_four_devices_do_not_deadlock():
+    """400 steps without a metrics fetch on 4 CPU devices: with unbounded asynchronous dispatch XLA:CPU's all-reduces
+    deadlock and the process aborts after ~60 s (train.MAX_STEPS_IN_FLIGHT bounds the queue). In a subprocess, so
+    a regression fails this test instead of killing the test run."""
+    import subprocess
+    import sys
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-c", _QUEUED_STEPS_SCRIPT, tests_dir], capture_output=True, text=True,
+                          timeout=180, cwd=os.path.dirname(tests_dir))
+    assert proc.returncode == 0 and "done 400" in proc.stdout, proc.stderr[-2000:]
 
 
 def test_train_traces_step_once_including_resume(tmp_path):

@@ -226,7 +226,8 @@ def sample(model: dit_lib.DiT, params: PyTree, key: Array, cfg: SamplerConfig, u
 
     Batches of cfg.batch_size (rounded up to a multiple of the device count; the last one padded, so one
     compilation), data parallel over `devices` (default: all local devices; sampling.key_batches) with the
-    parameters replicated. params: the parameters to use (state.ema_params or state.params; see
+    parameters replicated; with several JAX processes and devices=None, each process draws a share of the samples
+    and all receive all of them (sampling.split_over_processes). params: the parameters to use (state.ema_params or state.params; see
     `sampling_params`). head_mask (depth, max_heads) or None (all heads).
     """
     grid = sampling_grid(u_min, cfg.steps)
@@ -240,10 +241,14 @@ def sample(model: dit_lib.DiT, params: PyTree, key: Array, cfg: SamplerConfig, u
     run = _batch_sampler(model, shape, cfg.method, bool(cfg.denoise))
     mesh = sampling.device_mesh(devices)
     params, head_mask, grid = sampling.replicate((params, head_mask, grid), mesh)
-    out = [np.asarray(run(params, head_mask, keys, grid))[:keep] for _, keep, keys in
-           sampling.key_batches(key, cfg.num_samples, cfg.batch_size, mesh, start_index, progress,
-                                f"sampling ({cfg.method}, {cfg.steps} steps)")]
-    return np.concatenate(out, 0)
+
+    def local(num, start):
+        out = [np.asarray(run(params, head_mask, keys, grid))[:keep] for _, keep, keys in
+               sampling.key_batches(key, num, cfg.batch_size, mesh, start, progress,
+                                    f"sampling ({cfg.method}, {cfg.steps} steps)")]
+        return np.concatenate(out, 0)
+    return local(cfg.num_samples, start_index) if devices is not None else \
+        sampling.split_over_processes(local, cfg.num_samples, start_index)
 
 
 def sampling_params(state: train.TrainState, use_ema: bool = True) -> PyTree:

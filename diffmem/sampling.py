@@ -9,11 +9,12 @@ noise of every step, so sample i is identical whatever the batch size or device 
 Data parallel: `key_batches` shards each batch of per-sample keys over a 1-D device mesh (`device_mesh`, default all
 local devices) and `replicate` puts the model's parameters on every device; the jit-compiled sampler is then
 partitioned along the batch by XLA (no communication: samples are independent). With several processes
-(jax.distributed) each process samples on its own local devices.
+(jax.distributed), `split_over_processes` gives each process a contiguous share of the sample indices to draw on
+its own devices and all-gathers the shares, so every process returns the same samples as one process would.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -106,9 +107,13 @@ def generate(score_fn: sde.ScoreFn, key: Array, num_samples: int, shape: tuple[i
     mesh = device_mesh(devices)
     run = jax.jit(lambda keys, grid: sample_batch(score_fn, keys, shape, grid, method, denoise))
     grid = replicate(jnp.asarray(grid), mesh)
-    out = [np.asarray(run(keys, grid))[:keep] for _, keep, keys in
-           key_batches(key, num_samples, batch_size, mesh, start_index, progress, f"sampling ({method})")]
-    return np.concatenate(out, 0)
+
+    def local(num, start):
+        out = [np.asarray(run(keys, grid))[:keep] for _, keep, keys in
+               key_batches(key, num, batch_size, mesh, start, progress, f"sampling ({method})")]
+        return np.concatenate(out, 0)
+    return local(num_samples, start_index) if devices is not None else \
+        split_over_processes(local, num_samples, start_index)
 
 
 def per_sample_keys(key: Array, num: int, start: int = 0) -> Array:
@@ -126,8 +131,16 @@ def device_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """The arrays of `tree` replicated on every device of `mesh` (parameters, masks, time grids)."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """The arrays of `tree` replicated on every device of `mesh` (parameters, masks, time grids). Arrays replicated
+    over several processes (e.g. parameters trained with jax.distributed) are taken from this process's copy."""
+    def local(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if not x.sharding.is_fully_replicated:
+                raise ValueError(f"sampling needs every array replicated on each process; got one of shape "
+                                 f"{x.shape} sharded as {x.sharding}")
+            return x.addressable_data(0)
+        return x
+    return jax.device_put(jax.tree.map(local, tree), NamedSharding(mesh, P()))
 
 
 def key_batches(key: Array, num_samples: int, batch_size: int, mesh: Mesh, start_index: int = 0,
@@ -147,3 +160,21 @@ def key_batches(key: Array, num_samples: int, batch_size: int, mesh: Mesh, start
     for lo in tqdm(range(0, num_samples, b), desc=desc, disable=not progress, leave=False):
         keys = jax.device_put(per_sample_keys(key, b, start_index + lo), sharding)
         yield lo, min(b, num_samples - lo), keys
+
+
+def split_over_processes(sample_fn: Callable[[int, int], np.ndarray], num_samples: int,
+                         start_index: int = 0) -> np.ndarray:
+    """All num_samples samples, drawn by every JAX process in contiguous shares and all-gathered.
+
+    sample_fn(num, start) -> (num, ...) host array of samples start .. start + num - 1 (on this process's devices).
+    With P processes each draws ceil(num_samples / P) (the last share may run past num_samples: dropped) and
+    every process returns the same (num_samples, ...) array; with one process this is sample_fn(num_samples,
+    start_index).
+    """
+    procs = jax.process_count()
+    if procs == 1:
+        return sample_fn(num_samples, start_index)
+    from jax.experimental import multihost_utils  # only with several processes
+    share = -(-num_samples // procs)
+    mine = sample_fn(share, start_index + jax.process_index() * share)                # (share, ...)
+    return np.asarray(multihost_utils.process_allgather(mine, tiled=True))[:num_samples]

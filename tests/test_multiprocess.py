@@ -1,4 +1,4 @@
-"""Two JAX processes on localhost (CPU, gloo collectives) train exactly like one process.
+"""Two JAX processes on localhost (CPU, gloo collectives) train and sample exactly like one process.
 
 The test runs this file as the program of launch/local_multiprocess.py (2 processes x 2 CPU devices = a global
 mesh of 4 devices); each process calls `diffmem.train.train` unchanged. It then compares the final params and
@@ -73,6 +73,50 @@ def test_two_processes_match_one_process(tmp_path):
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
 
 
+SAMPLER = dict(num_samples=10, steps=4, batch_size=4)
+
+
+def tiny_dit_params():
+    """A tiny DiT and parameters with every weight perturbed (so the samples depend on them), same on every process."""
+    from diffmem import image_diffusion as idf
+    model = idf.build_model((8, 8, 1), patch=2, hidden=32, depth=1, heads=2)
+    params = idf.init_params(model, jax.random.key(0))
+    leaves, tree = jax.tree.flatten(params)
+    leaves = [a + 0.05 * jax.random.normal(jax.random.key(i), a.shape) for i, a in enumerate(leaves)]
+    return model, jax.tree.unflatten(tree, leaves)
+
+
+def run_sample(model, params, devices=None):
+    from diffmem import image_diffusion as idf
+    return idf.sample(model, params, jax.random.key(7), idf.SamplerConfig(**SAMPLER), 1e-3, devices=devices)
+
+
+def _sample_worker(out):
+    """Each process draws its share of the samples from parameters replicated over the 4 global devices (as
+    trained parameters are) and receives everyone's."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    model, params = tiny_dit_params()
+    sharding = NamedSharding(Mesh(np.asarray(jax.devices()), ("d",)), PartitionSpec())
+    params = jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, sharding, lambda idx: np.asarray(a)[idx]),
+                          params)
+    assert not params["final_layer"]["linear"]["kernel"].is_fully_addressable
+    samples = run_sample(model, params)
+    np.save(f"{out}.{jax.process_index()}.npy", samples)
+
+
+def test_two_processes_sample_like_one(tmp_path):
+    out = str(tmp_path / "samples")
+    cmd = [sys.executable, os.path.join(ROOT, "launch", "local_multiprocess.py"), "-n", "2",
+           "--devices_per_process", "2", "--timeout", "150", "--", os.path.abspath(__file__), "sample", out]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    model, params = tiny_dit_params()
+    one = run_sample(model, params, devices=jax.devices()[:1])
+    assert one.shape == (10, 8, 8, 1)
+    for i in range(2):
+        np.testing.assert_allclose(np.load(f"{out}.{i}.npy"), one, rtol=1e-5, atol=1e-5)
+
+
 def test_launcher_stops_the_others_when_one_process_fails(tmp_path):
     script = tmp_path / "fail.py"
     script.write_text("import os, sys, time\n"
@@ -86,4 +130,7 @@ def test_launcher_stops_the_others_when_one_process_fails(tmp_path):
 
 
 if __name__ == "__main__":
-    _worker_main(*sys.argv[1:])
+    if sys.argv[1] == "sample":
+        _sample_worker(sys.argv[2])
+    else:
+        _worker_main(*sys.argv[1:])

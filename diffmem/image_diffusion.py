@@ -227,8 +227,8 @@ def sample(model: dit_lib.DiT, params: PyTree, key: Array, cfg: SamplerConfig, u
     Batches of cfg.batch_size (rounded up to a multiple of the device count; the last one padded, so one
     compilation), data parallel over `devices` (default: all local devices; sampling.key_batches) with the
     parameters replicated; with several JAX processes and devices=None, each process draws a share of the samples
-    and all receive all of them (sampling.split_over_processes). params: the parameters to use (state.ema_params or state.params; see
-    `sampling_params`). head_mask (depth, max_heads) or None (all heads).
+    and all receive all of them (sampling.split_over_processes). params: the parameters to use (state.ema_params
+    or state.params; see `sampling_params`). head_mask (depth, max_heads) or None (all heads).
     """
     grid = sampling_grid(u_min, cfg.steps)
     shape = (model.image_size, model.image_size, model.channels)

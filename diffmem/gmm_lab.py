@@ -60,6 +60,29 @@ LAB_WEIGHTINGS = losses.WEIGHTINGS
 LAB_TIME_DISTS = ("uniform", "log_uniform")
 
 
+# ------------------------------------------------------------------------------------------- config
+
+def check_lab_config(model: dict, train_section: dict, times: dict, times_name: str) -> train.TrainConfig:
+    """Checks shared by the lab experiments' configs: config.model (ScoreMLP fields and sigma_data >= 0),
+    config.train (returned as a TrainConfig) and config.<times_name> (0 < t0 < T, time_dist in LAB_TIME_DISTS)."""
+    from diffmem import experiments  # local: only config parsing needs these
+    from diffmem.models import mlp
+    experiments.check_int("config.model.depth", model["depth"], 1)
+    mlp.check_mlp_args(1, 1, model["depth"], model["time_embed"], model["embed_dim"], model["output"])
+    if not float(model["sigma_data"]) >= 0:
+        raise ValueError(f"config.model.sigma_data must be >= 0 (0 = automatic), got {model['sigma_data']}")
+    try:
+        tcfg = train.TrainConfig.from_dict(train_section)
+    except ValueError as e:
+        raise ValueError(f"config.train: {e}") from None
+    if not (float(times["t0"]) > 0 and float(times["T"]) > float(times["t0"])):
+        raise ValueError(f"config.{times_name} needs 0 < t0 < T, got t0={times['t0']}, T={times['T']}")
+    if times["time_dist"] not in LAB_TIME_DISTS:
+        raise ValueError(f"config.{times_name}.time_dist must be one of {LAB_TIME_DISTS}, "
+                         f"got {times['time_dist']!r}")
+    return tcfg
+
+
 # ------------------------------------------------------------------------------------------- loss
 
 def make_lab_loss(apply_fn: Callable[[PyTree, Array, Array], Array], t0: float, t1: float,

@@ -77,7 +77,7 @@ def sha1_arrays(*arrays) -> str:
     return h.hexdigest()
 
 
-def check_int(name: str, v, minimum: int) -> int:
+def check_int(name: str, v, minimum: int = 1) -> int:
     """v as an int; ValueError naming `name` unless it is an int (not a bool) >= minimum."""
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")

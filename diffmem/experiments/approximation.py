@@ -220,16 +220,6 @@ def loglog_slope(xs, ys) -> Optional[float]:
 
 # --------------------------------------------------------------------------------------- config
 
-def _section(config, name):
-    if name not in config:
-        raise ValueError(f"config.{name} is missing; expected keys {SECTIONS[name]}")
-    d = config[name].to_dict()
-    unknown = sorted(set(d) - set(SECTIONS[name]))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in config.{name}; accepted: {list(SECTIONS[name])}")
-    return d
-
-
 def _ints(name, v, minimum=1):
     v = list(v)
     if not v or any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < minimum for x in v):
@@ -262,27 +252,15 @@ def parse_config(config) -> Settings:
     unknown = sorted(set(config.keys()) - set(TOP_LEVEL))
     if unknown:
         raise ValueError(f"unknown top-level config key(s) {unknown}; accepted: {list(TOP_LEVEL)}")
-    sec = {k: _section(config, k) for k in SECTIONS}
+    sec = {k: experiments.config_section(config, k, SECTIONS[k]) for k in SECTIONS}
     data = sec["data"]
     data["ns"] = sorted(set(_ints("config.data.ns", data["ns"], 2)))
     for k in ("dim", "num_components"):
         _ints(f"config.data.{k}", [data[k]])
     if not float(data["mean_std"]) > 0:
         raise ValueError(f"config.data.mean_std must be > 0, got {data['mean_std']}")
-    model = sec["model"]
-    mlp.check_mlp_args(1, 1, model["depth"], model["time_embed"], model["embed_dim"], model["output"])
-    if not float(model["sigma_data"]) >= 0:
-        raise ValueError(f"config.model.sigma_data must be >= 0 (0 = automatic), got {model['sigma_data']}")
-    try:
-        tcfg = train.TrainConfig.from_dict(sec["train"])
-    except ValueError as e:
-        raise ValueError(f"config.train: {e}") from None
-    reg = sec["regression"]
-    if not (float(reg["t0"]) > 0 and float(reg["T"]) > float(reg["t0"])):
-        raise ValueError(f"config.regression needs 0 < t0 < T, got t0={reg['t0']}, T={reg['T']}")
-    if reg["time_dist"] not in gmm_lab.LAB_TIME_DISTS:
-        raise ValueError(f"config.regression.time_dist must be one of {gmm_lab.LAB_TIME_DISTS}, "
-                         f"got {reg['time_dist']!r}")
+    model, reg = sec["model"], sec["regression"]
+    tcfg = gmm_lab.check_lab_config(model, sec["train"], reg, "regression")
     _ints("config.regression.eval_points", [reg["eval_points"]])
     _ints("config.regression.eval_times", [reg["eval_times"]])
     att = sec["attention"]

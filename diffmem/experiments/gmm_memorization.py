@@ -41,6 +41,7 @@ import numpy as np
 from absl import logging
 
 from diffmem import experiments, gmm_lab, sampling, scores, train
+from diffmem.experiments import check_int
 from diffmem.models import mlp
 
 SECTIONS = {
@@ -137,31 +138,11 @@ class Settings:
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
-def _section(config, name: str) -> dict:
-    if name not in config:
-        raise ValueError(f"config.{name} is missing; expected a section with keys {SECTIONS[name]}")
-    sec = config[name]
-    d = sec.to_dict() if hasattr(sec, "to_dict") else dict(sec)
-    unknown = sorted(set(d) - set(SECTIONS[name]))
-    missing = sorted(set(SECTIONS[name]) - set(d) - {"b1", "b2", "schedule", "denoise"})
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in config.{name}; accepted: {list(SECTIONS[name])}")
-    if missing:
-        raise ValueError(f"config.{name} is missing key(s) {missing}")
-    return d
-
-
-def _pos_int(name: str, v, minimum: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
-    return int(v)
-
-
 def _int_list(name: str, v, minimum: int = 1, allow_empty: bool = False) -> list[int]:
     v = list(v)
     if not v and not allow_empty:
         raise ValueError(f"{name} must be a non-empty list of ints >= {minimum}")
-    return [_pos_int(f"{name}[{i}]", x, minimum) for i, x in enumerate(v)]
+    return [check_int(f"{name}[{i}]", x, minimum) for i, x in enumerate(v)]
 
 
 def parse_config(config) -> Settings:
@@ -169,28 +150,17 @@ def parse_config(config) -> Settings:
     unknown = sorted(set(config.keys()) - set(TOP_LEVEL))
     if unknown:
         raise ValueError(f"unknown top-level config key(s) {unknown}; accepted: {list(TOP_LEVEL)}")
-    sec = {name: _section(config, name) for name in SECTIONS}
+    sec = {name: experiments.config_section(config, name, SECTIONS[name],
+                                            optional=("b1", "b2", "schedule", "denoise"))
+           for name in SECTIONS}
     mean_std = float(sec["mixture"]["mean_std"])
     if not mean_std > 0:
         raise ValueError(f"config.mixture.mean_std must be > 0, got {mean_std}")
-    model = sec["model"]
-    _pos_int("config.model.depth", model["depth"])
-    mlp.check_mlp_args(1, 1, model["depth"], model["time_embed"], model["embed_dim"], model["output"])
-    if not float(model["sigma_data"]) >= 0:
-        raise ValueError(f"config.model.sigma_data must be >= 0 (0 = automatic), got {model['sigma_data']}")
+    model, loss = sec["model"], sec["loss"]
+    tcfg = gmm_lab.check_lab_config(model, sec["train"], loss, "loss")
     model["sigma_data"] = float(model["sigma_data"])
-    try:
-        tcfg = train.TrainConfig.from_dict(sec["train"])
-    except ValueError as e:
-        raise ValueError(f"config.train: {e}") from None
-    loss = sec["loss"]
-    if not (float(loss["t0"]) > 0 and float(loss["T"]) > float(loss["t0"])):
-        raise ValueError(f"config.loss needs 0 < t0 < T, got t0={loss['t0']}, T={loss['T']}")
     if loss["weighting"] not in gmm_lab.LAB_WEIGHTINGS:
         raise ValueError(f"config.loss.weighting must be one of {gmm_lab.LAB_WEIGHTINGS}, got {loss['weighting']!r}")
-    if loss["time_dist"] not in gmm_lab.LAB_TIME_DISTS:
-        raise ValueError(f"config.loss.time_dist must be one of {gmm_lab.LAB_TIME_DISTS}, "
-                         f"got {loss['time_dist']!r}")
     loss = dict(t0=float(loss["t0"]), T=float(loss["T"]), weighting=loss["weighting"], time_dist=loss["time_dist"])
     try:
         sampler = gmm_lab.SamplerConfig(**sec["sampler"])
@@ -198,18 +168,18 @@ def parse_config(config) -> Settings:
     except ValueError as e:
         raise ValueError(f"config.sampler: {e}") from None
     f2 = sec["fig2"]
-    f2 = dict(dim=_pos_int("config.fig2.dim", f2["dim"]),
-              num_components=_pos_int("config.fig2.num_components", f2["num_components"]),
-              n=_pos_int("config.fig2.n", f2["n"], 2), widths=_int_list("config.fig2.widths", f2["widths"]))
+    f2 = dict(dim=check_int("config.fig2.dim", f2["dim"]),
+              num_components=check_int("config.fig2.num_components", f2["num_components"]),
+              n=check_int("config.fig2.n", f2["n"], 2), widths=_int_list("config.fig2.widths", f2["widths"]))
     f3 = sec["fig3a"]
-    f3 = dict(dim=_pos_int("config.fig3a.dim", f3["dim"]),
-              num_components=_pos_int("config.fig3a.num_components", f3["num_components"]),
+    f3 = dict(dim=check_int("config.fig3a.dim", f3["dim"]),
+              num_components=check_int("config.fig3a.num_components", f3["num_components"]),
               ns=_int_list("config.fig3a.ns", f3["ns"], 2),
               widths=_int_list("config.fig3a.widths", f3["widths"], allow_empty=True),
               param_counts=_int_list("config.fig3a.param_counts", f3["param_counts"], allow_empty=True),
               dims=_int_list("config.fig3a.dims", f3["dims"]),
-              dim_sweep_width=_pos_int("config.fig3a.dim_sweep_width", f3["dim_sweep_width"], 0),
-              dim_sweep_param_count=_pos_int("config.fig3a.dim_sweep_param_count", f3["dim_sweep_param_count"], 0))
+              dim_sweep_width=check_int("config.fig3a.dim_sweep_width", f3["dim_sweep_width"], 0),
+              dim_sweep_param_count=check_int("config.fig3a.dim_sweep_param_count", f3["dim_sweep_param_count"], 0))
     if bool(f3["widths"]) == bool(f3["param_counts"]):
         raise ValueError("exactly one of config.fig3a.widths and config.fig3a.param_counts must be non-empty, "
                          f"got widths={f3['widths']}, param_counts={f3['param_counts']}")
@@ -222,10 +192,10 @@ def parse_config(config) -> Settings:
         raise ValueError(f"config.fig3b.weight_decays must be a non-empty list of finite numbers >= 0, got {wds}")
     if 0.0 not in wds:
         raise ValueError(f"config.fig3b.weight_decays must contain 0.0 (the reference), got {wds}")
-    fb = dict(n_small=_pos_int("config.fig3b.n_small", fb["n_small"], 2),
-              n_large=_pos_int("config.fig3b.n_large", fb["n_large"], 2), weight_decays=sorted(wds),
-              wd_width=_pos_int("config.fig3b.wd_width", fb["wd_width"], 0),
-              wd_param_count=_pos_int("config.fig3b.wd_param_count", fb["wd_param_count"], 0),
+    fb = dict(n_small=check_int("config.fig3b.n_small", fb["n_small"], 2),
+              n_large=check_int("config.fig3b.n_large", fb["n_large"], 2), weight_decays=sorted(wds),
+              wd_width=check_int("config.fig3b.wd_width", fb["wd_width"], 0),
+              wd_param_count=check_int("config.fig3b.wd_param_count", fb["wd_param_count"], 0),
               widths=_int_list("config.fig3b.widths", fb["widths"], allow_empty=True))
     if not fb["n_small"] < fb["n_large"]:
         raise ValueError(f"config.fig3b needs n_small < n_large, got {fb['n_small']}, {fb['n_large']}")
@@ -235,13 +205,13 @@ def parse_config(config) -> Settings:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"config.seeds must be distinct, got {list(seeds)}")
     sh = sec["shard"]
-    count = _pos_int("config.shard.count", sh["count"])
-    index = _pos_int("config.shard.index", sh["index"], 0)
+    count = check_int("config.shard.count", sh["count"])
+    index = check_int("config.shard.index", sh["index"], 0)
     if index >= count:
         raise ValueError(f"config.shard.index must be in [0, shard.count={count}), got {index}")
-    return Settings(seed=_pos_int("config.seed", config.seed, 0), mean_std=mean_std, model=model, train=tcfg,
+    return Settings(seed=check_int("config.seed", config.seed, 0), mean_std=mean_std, model=model, train=tcfg,
                     loss=loss, sampler=sampler, fig2=f2, fig3a=f3, fig3b=fb, seeds=seeds,
-                    max_members=_pos_int("config.max_members", config.max_members),
+                    max_members=check_int("config.max_members", config.max_members),
                     references=bool(config.references), shard_index=index, shard_count=count,
                     progress=bool(config.get("progress", True)))
 

@@ -1,6 +1,5 @@
 """Approximation experiment: exact attention forms of both scores, weighted regression errors, W* helpers,
 the :smoke run end to end, config errors."""
-import importlib.util
 import json
 import math
 import os
@@ -10,17 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import approximation as approx_cfg
 from diffmem import experiments, scores, sde
 from diffmem.experiments import approximation as ap
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _config(arg="smoke"):
-    spec = importlib.util.spec_from_file_location("approx_cfg", os.path.join(ROOT, "configs", "approximation.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
+    return approx_cfg.get_config(arg)
 
 
 def _queries(data, t, m=64, seed=0):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from configs import gmm_memorization as gmm_cfg
 from diffmem import experiments, gmm_lab, sampling, scores, train
 from diffmem.models import mlp
 
@@ -19,12 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(arg="smoke"):
-    """configs/gmm_memorization.py:get_config(arg), loaded by path (configs/ is not a package)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("gmm_cfg", os.path.join(ROOT, "configs", "gmm_memorization.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
+    return gmm_cfg.get_config(arg)
 
 
 def _setup(ns=(4, 9, 6), width=8):

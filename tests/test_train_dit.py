@@ -1,5 +1,4 @@
 """Tests for diffmem.image_diffusion (DiT <-> OU glue, sampler) and the train_dit experiment (smoke, resume, errors)."""
-import importlib.util
 import json
 import os
 import shutil
@@ -10,14 +9,11 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from configs import train_dit as config_module
 from diffmem import data as data_lib
 from diffmem import experiments, image_diffusion as idf, losses, sampling, sde
 from diffmem.experiments import train_dit
 
-_spec = importlib.util.spec_from_file_location(
-    "train_dit_config", os.path.join(os.path.dirname(__file__), "..", "configs", "train_dit.py"))
-config_module = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(config_module)
 
 U_MIN = 1e-3
 SMOKE_STEPS = 8  # sampler steps of the smoke preset: the tests share its compiled sampler (same model, grid size)

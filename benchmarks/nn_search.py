@@ -1,4 +1,4 @@
-"""Benchmark: diffmem.metrics.top2_neighbors (jit, warm) vs scikit-learn brute-force kneighbors.
+"""Benchmark: diffmem.neighbors.top2_neighbors (jit, warm) vs scikit-learn brute-force kneighbors.
 
 Both run side by side in one process on the same float32 data (standard normal); the table gives
 the median wall time of each, their ratio (sklearn / ours; > 1 means ours is faster), the jit compile
@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from diffmem import metrics
+from diffmem.eval import neighbors
 from timing import median_time  # benchmarks/timing.py
 
 
@@ -37,7 +37,7 @@ def main():
     ap.add_argument("--m", type=int, default=1000, help="number of queries")
     ap.add_argument("--ns", default="2000,10000", help="comma-separated training-set sizes")
     ap.add_argument("--ds", default="64,3072", help="comma-separated dimensions")
-    ap.add_argument("--chunk", type=int, default=metrics.DEFAULT_CHUNK, help="training rows per chunk")
+    ap.add_argument("--chunk", type=int, default=neighbors.DEFAULT_CHUNK, help="training rows per chunk")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -55,7 +55,7 @@ def main():
             xj, qj = jax.device_put(x), jax.device_put(q)
 
             def ours():
-                return jax.block_until_ready(metrics.top2_neighbors(qj, xj, chunk=args.chunk))
+                return jax.block_until_ready(neighbors.top2_neighbors(qj, xj, chunk=args.chunk))
 
             t = time.perf_counter()
             dist, idx = ours()

@@ -1,27 +1,23 @@
-"""Glue between an epsilon-prediction DiT and the OU process of PAPER.md section 1 (DDPM time change).
+"""Glue between an epsilon-prediction DiT and the OU process of arXiv 2511.03202 (Section 3), via the DDPM time change.
 
 The DiT predicts eps_hat(x, u) at the DDPM unit time u in [0, 1]; the diffusion time is t = sde.ddpm_time(u)
-(the DDPM linear beta schedule, N = 1000, b0 = 1e-4, b1 = 0.02, is exactly the OU process under this change;
+(the DDPM linear beta schedule, N = 1000, b0 = 1e-4, b1 = 0.02, is this OU process in the continuous limit;
 t(1) = 10.05). Since x_t = alpha_t x0 + sigma_t eps, E[eps | x_t] = -sigma_t score(x_t, t), so
 
     score(x, t) = -eps_hat(x, u(t)) / sigma_t,      u(t) = sde.ddpm_time_inverse(t).
 
-Training (`make_loss`): losses.make_eps_loss, u ~ U(u_min, 1), i.e. the sigma_t^2-weighted DSM loss of eq. 3.1.
+Training (`make_loss`, `train_model`): losses.make_eps_loss, u ~ U(u_min, 1), i.e. the sigma_t^2-weighted DSM loss
+of eq. 3.1, through diffmem.training. `make_masked_loss` / `train_masked` carry a head mask in the batch so that
+every mask (and the unmasked base) shares ONE compiled train step (the pruning experiment).
 Sampling (`sample`): from Y_T ~ N(0, I) at T = t(1) down to the early-stopping time t0 = t(u_min) on a grid
-uniform in u (sampling.time_grid(..., spacing='ddpm')), reverse SDE (Euler-Maruyama) or probability-flow ODE
-(Heun), then a Tweedie denoising step at t0 (diffmem.sampling.sample_batch), data parallel over the local
-devices. Sample i uses the key fold_in(key, start_index + i), so it does not depend on the batch size or device
-count. The batch function is jit-compiled once per (model, image shape, sampler settings) with the parameters, the
-head mask and the keys as ARGUMENTS: sampling another parameter set or head mask of the same model (the pruning
-experiment) reuses the compiled program.
-
-Training, sampling and evaluation helpers here are shared by experiments/train_dit.py and the pruning experiment.
+uniform in u, reverse SDE (Euler-Maruyama) or probability-flow ODE (Heun), then a Tweedie denoising step at t0,
+through the one sampling driver `diffmem.sampling.generate` (per-sample keys, devices, processes). The batch
+function is jit-compiled once per (model, image shape, sampler settings) with the parameters, the head mask and the
+keys as ARGUMENTS: sampling another parameter set or head mask of the same model reuses the compiled program.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -29,8 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffmem import data as data_lib
-from diffmem import losses, metrics, sampling, sde, train
+from diffmem import losses, rng, sampling, sde, training
+from diffmem.config import DiTConfig, SamplerConfig, TrainConfig
 from diffmem.models import dit as dit_lib
+from diffmem.models.dit import variables
 
 Array = jax.Array
 PyTree = Any
@@ -61,13 +59,6 @@ def sampling_grid(u_min: float, steps: int) -> Array:
 
 # ---------------------------------------------------------------- model <-> score
 
-def variables(params: PyTree) -> dict:
-    """The flax variables dict {'params': ...} from either it or the bare 'params' collection."""
-    if isinstance(params, dict) and "params" in params and "x_embedder" not in params:
-        return params
-    return {"params": params}
-
-
 def eps_apply_fn(model: dit_lib.DiT) -> Callable[..., Array]:
     """apply(params, x (b, H, W, C), u (b,), head_mask=None) -> eps_hat (b, H, W, C).
 
@@ -97,7 +88,7 @@ def make_score_fn(model: dit_lib.DiT, params: PyTree, head_mask: Optional[Array]
 def make_loss(model: dit_lib.DiT, u_min: float, head_mask: Optional[Array] = None):
     """Epsilon loss(params, key, batch) of the DiT (losses.make_eps_loss), u ~ U(u_min, 1), optional head mask.
 
-    Without a head mask the function is cached per (model, u_min), so diffmem.train reuses its compiled step.
+    Without a head mask the function is cached per (model, u_min), so diffmem.training reuses its compiled step.
     """
     u_min = check_u_min(u_min)
     if head_mask is None:
@@ -113,9 +104,27 @@ def _cached_loss(model: dit_lib.DiT, u_min: float):
     return losses.make_eps_loss(lambda p, x, u: apply(p, x, u, None), u_min=u_min)
 
 
+@functools.lru_cache(maxsize=16)
+def make_masked_loss(model: dit_lib.DiT, u_min: float):
+    """Eps loss(params, key, batch) of the DiT gated by batch['mask'][0] (depth, max_heads) on batch['x'].
+
+    The same numbers as make_loss(model, u_min, mask); the mask travels in the batch (one copy per example, so the
+    batch sampler gathers it like the images) so that every run of one model (any mask) shares ONE compiled
+    train step."""
+    apply = eps_apply_fn(model)
+    u_min = check_u_min(u_min)
+
+    def loss(params, key, batch):
+        mask = batch["mask"][0]
+        return losses.make_eps_loss(lambda p, x, u: apply(p, x, u, mask), u_min=u_min)(params, key, batch["x"])
+    return loss
+
+
 def build_model(image_shape: tuple[int, int, int], *, patch: int, hidden: int, depth: int, heads: int,
                 mlp_ratio: float = 4.0, dtype: str = "float32") -> dit_lib.DiT:
     """An unconditional eps-prediction DiT for square images (H, W, C); validates the fields."""
+    if isinstance(image_shape, DiTConfig):
+        raise TypeError("build_model takes the image shape first; use model_from_config for a DiTConfig")
     h, w, c = image_shape
     if h != w:
         raise ValueError(f"the DiT needs square images, got image shape {image_shape}")
@@ -126,6 +135,18 @@ def build_model(image_shape: tuple[int, int, int], *, patch: int, hidden: int, d
                         dtype=MODEL_DTYPES[dtype])
     model.check_fields()
     return model
+
+
+def model_from_config(image_shape: tuple[int, int, int], cfg: DiTConfig) -> dit_lib.DiT:
+    """The DiT of config.model for images of `image_shape`; errors name config.model."""
+    try:
+        return build_model(image_shape, **cfg.sizes())
+    except ValueError as e:
+        raise ValueError(f"config.model: {e}") from None
+
+
+def num_params(model: dit_lib.DiT) -> int:
+    return dit_lib.count_params(jax.eval_shape(lambda: init_params(model, jax.random.key(0))))
 
 
 def init_params(model: dit_lib.DiT, key: Array) -> PyTree:
@@ -142,16 +163,16 @@ def _init_fn(model: dit_lib.DiT):
 
 # ---------------------------------------------------------------- training
 
-def train_model(model: dit_lib.DiT, images, cfg: train.TrainConfig, workdir: Optional[str], *, key: Array,
+def train_model(model: dit_lib.DiT, images, cfg: TrainConfig, workdir: Optional[str], *, key: Array,
                 u_min: float, head_mask: Optional[Array] = None, init: Optional[PyTree] = None,
-                pad_to: Optional[int] = None, progress: bool = True) -> tuple[train.TrainState, int]:
+                pad_to: Optional[int] = None, progress: bool = True) -> tuple[training.TrainState, int]:
     """Trains (or resumes, or just restores) the DiT on images (n, H, W, C) with the eps loss.
 
-    Parameters are initialised from fold_in(key, 0) (or `init`), training uses fold_in(key, 1) (diffmem.train:
-    orbax checkpoints in <workdir>/checkpoints, metrics in <workdir>/metrics.jsonl). A finished checkpoint
-    (step >= cfg.steps) is restored without training. pad_to >= n zero-pads the images to pad_to rows (batches
-    are drawn from the first n only, `masked_batch`): every n of a sweep then shares ONE compiled train step, and
-    the batches (so the whole run) are the same as without padding. Returns (state, steps trained by this call).
+    Parameters are initialised from fold_in(key, "init") (or `init`), training uses fold_in(key, "train")
+    (diffmem.training: orbax checkpoints in <workdir>/checkpoints, metrics in <workdir>/metrics.jsonl). A finished
+    checkpoint (step >= cfg.steps) is restored without training. pad_to >= n zero-pads the images to pad_to rows
+    (batches are drawn from the first n only, `masked_batch`): every n of a sweep then shares ONE compiled train
+    step, and the batches (so the whole run) are the same as without padding. Returns (state, steps trained now).
     """
     images = np.asarray(images, np.float32)
     n = images.shape[0]
@@ -160,15 +181,15 @@ def train_model(model: dit_lib.DiT, images, cfg: train.TrainConfig, workdir: Opt
         raise ValueError(f"pad_to must be an int >= n={n}, got {pad_to!r}")
     data = {"images": np.concatenate([images, np.zeros((pad_to - n,) + images.shape[1:], np.float32)]),
             "valid": np.arange(pad_to) < n}
-    params = init_params(model, jax.random.fold_in(key, 0)) if init is None else init
+    params = init_params(model, rng.stream(key, "init")) if init is None else init
     count = [0]
 
     def hook(step, state, record):
         count[0] += 1
 
-    state = train.train(make_loss(model, u_min, head_mask), params, data, cfg, workdir,
-                        key=jax.random.fold_in(key, 1), sample_batch=masked_batch, hooks=(hook,),
-                        progress=progress)
+    state = training.train(make_loss(model, u_min, head_mask), params, data, cfg, workdir,
+                           key=rng.stream(key, "train"), sample_batch=masked_batch, hooks=(hook,), progress=progress,
+                           desc=f"train n={n}")
     return state, count[0]
 
 
@@ -179,41 +200,29 @@ def masked_batch(key: Array, data: dict, batch_size: int) -> Array:
     return data_lib.sample_batch(key, data["images"], batch_size, num_valid)
 
 
+def train_masked(model: dit_lib.DiT, params: PyTree, mask, images, cfg: TrainConfig, workdir: Optional[str], *,
+                 key: Array, u_min: float, progress: bool = False, desc: str = "train",
+                 hooks=()) -> training.TrainState:
+    """cfg.steps steps of the eps loss of the DiT gated by a FIXED head mask (depth, max_heads) from `params`
+    (a fresh optimizer; resumable in workdir): Algorithm 1's fine-tuning of arXiv 2511.03202, and with an all-ones
+    mask the ordinary training of a base model. Batches uniform with replacement (training.uniform_batch); every
+    mask shares one compiled step (`make_masked_loss`)."""
+    images = np.asarray(images, np.float32)
+    mask = np.asarray(mask, np.float32)
+    data = {"x": images, "mask": np.broadcast_to(mask, (images.shape[0],) + mask.shape).copy()}
+    return training.train(make_masked_loss(model, float(u_min)), params, data, cfg, workdir, key=key,
+                          progress=progress, desc=desc, hooks=hooks)
+
+
 # ---------------------------------------------------------------- sampling
-
-SAMPLER_METHODS = sampling.METHODS
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerConfig:
-    """num_samples; steps (grid intervals); method 'sde' (Euler-Maruyama) or 'ode' (Heun); batch_size;
-    denoise (final Tweedie step at t0); use_ema (sample with the EMA parameters)."""
-    num_samples: int = 1000
-    steps: int = 100
-    method: str = "sde"
-    batch_size: int = 500
-    denoise: bool = True
-    use_ema: bool = True
-
-    def __post_init__(self):
-        for f in ("num_samples", "steps", "batch_size"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"SamplerConfig.{f} must be an int >= 1, got {v!r}")
-        if self.method not in SAMPLER_METHODS:
-            raise ValueError(f"SamplerConfig.method must be one of {SAMPLER_METHODS}, got {self.method!r}")
-        for f in ("denoise", "use_ema"):
-            if not isinstance(getattr(self, f), (bool, np.bool_)):
-                raise ValueError(f"SamplerConfig.{f} must be a bool, got {getattr(self, f)!r}")
-
 
 @functools.lru_cache(maxsize=16)
 def _batch_sampler(model: dit_lib.DiT, shape: tuple[int, ...], method: str, denoise: bool):
-    """jit(params, head_mask, keys (b,), grid (steps+1,)) -> samples (b, *shape); one compile per model."""
+    """jit(keys (b,), params, head_mask, grid (steps+1,)) -> samples (b, *shape); one compile per model."""
     apply = eps_apply_fn(model)
 
     @jax.jit
-    def run(params, head_mask, keys, grid):
+    def run(keys, params, head_mask, grid):
         score = score_from_eps(lambda x, u: apply(params, x, u, head_mask))
         return sampling.sample_batch(score, keys, shape, grid, method, denoise)
     return run
@@ -239,89 +248,11 @@ def sample(model: dit_lib.DiT, params: PyTree, key: Array, cfg: SamplerConfig, u
         raise ValueError(f"head_mask must have shape (depth, max_heads) = {(model.depth, model.max_heads)}, "
                          f"got {head_mask.shape}")
     run = _batch_sampler(model, shape, cfg.method, bool(cfg.denoise))
-    mesh = sampling.device_mesh(devices)
-    params, head_mask, grid = sampling.replicate((params, head_mask, grid), mesh)
-
-    def local(num, start):
-        out = [np.asarray(run(params, head_mask, keys, grid))[:keep] for _, keep, keys in
-               sampling.key_batches(key, num, cfg.batch_size, mesh, start, progress,
-                                    f"sampling ({cfg.method}, {cfg.steps} steps)")]
-        return np.concatenate(out, 0)
-    return local(cfg.num_samples, start_index) if devices is not None else \
-        sampling.split_over_processes(local, cfg.num_samples, start_index)
+    return sampling.generate(run, key, cfg.num_samples, cfg.batch_size, args=(params, head_mask, grid),
+                             devices=devices, start_index=start_index, progress=progress,
+                             desc=f"sampling ({cfg.method}, {cfg.steps} steps)")
 
 
-def sampling_params(state: train.TrainState, use_ema: bool = True) -> PyTree:
+def sampling_params(state: training.TrainState, use_ema: bool = True) -> PyTree:
     """The parameters to sample with: the EMA parameters by default."""
     return state.ema_params if use_ema else state.params
-
-
-# ---------------------------------------------------------------- evaluation
-
-def empirical_optimum_loss(images, u_min: float, key: Array, num_queries: int = 2048,
-                           edges=train.DEFAULT_TIME_EDGES, chunk: int = 4096) -> dict:
-    """Monte-Carlo eps loss of the EMPIRICAL score (the global minimiser of the loss on the training set, whose
-    sampler only returns training points; PAPER.md section 1): the floor a memorizing network approaches.
-
-    Same draws as training (x0 uniform on the images, u ~ U(u_min, 1), t = ddpm_time(u)) and eps_hat =
-    -sigma_t score_hat(x_t, t) (scores.empirical_score, chunked). Returns loss, its standard error, and
-    loss_bin{i} means over the u bins `edges` (those of diffmem.train's loss_bin metrics).
-    """
-    x = np.asarray(images, np.float32).reshape(len(images), -1)               # (n, D)
-    if not np.isfinite(x).all():
-        raise ValueError("images contain NaN or inf values")
-    per, u = _optimum_draws(jnp.asarray(x), key, check_u_min(u_min), int(num_queries), int(chunk))
-    per, u = np.asarray(per, np.float64), np.asarray(u)                       # (q,), (q,)
-    out = dict(loss=float(per.mean()), loss_stderr=float(per.std(ddof=1) / math.sqrt(len(per))),
-               num_queries=int(num_queries))
-    idx = np.searchsorted(np.asarray(edges[1:-1]), u, side="right")
-    for b in range(len(edges) - 1):
-        if np.any(idx == b):
-            out[f"loss_bin{b}"] = float(per[idx == b].mean())
-    return out
-
-
-@functools.partial(jax.jit, static_argnames=("u_min", "num_queries", "chunk"))
-def _optimum_draws(x: Array, key: Array, u_min: float, num_queries: int, chunk: int) -> tuple[Array, Array]:
-    """Per-draw eps loss of the empirical score and the draws' u: x (n, D) -> ((q,), (q,))."""
-    from diffmem import scores  # local: only this helper needs it
-    ki, ku, kx = jax.random.split(key, 3)
-    i = jax.random.randint(ki, (num_queries,), 0, x.shape[0])
-    u = sde.sample_unit_time(ku, (num_queries,), "uniform", u_min=u_min)
-    t = sde.ddpm_time(u)
-    x_t, eps = sde.marginal_sample(kx, x[i], t)
-    st = scores.empirical_stats(x_t, t, x, None, chunk)
-    eps_hat = -sde.sigma(t)[:, None] * scores.score_from_stats(st, x_t, t)
-    return jnp.mean((eps_hat - eps) ** 2, -1), u
-
-
-def evaluate_samples(samples, train_images, ref_features: np.ndarray, extractor, *, k: int = 3,
-                     ratio: float = 1.0 / 3.0, kid_subsets: int = 100, seed: int = 0,
-                     batch_size: int = 256) -> tuple[dict, dict]:
-    """Memorization (pixel space, vs train_images; PAPER.md section 4) and FD / KID / precision-recall (k-NN
-    manifolds, Kynkaanniemi et al. 2019) of the samples' features against reference features (r, f).
-
-    samples (m, H, W, C), train_images (n, H, W, C) in [-1, 1]. Returns (summary of Python numbers,
-    metrics.memorization output with the per-sample arrays memorized, nn_idx, nn_dist, dist_ratio).
-    """
-    samples = np.asarray(samples, np.float32)
-    if not np.isfinite(samples).all():
-        raise ValueError(f"samples contain {int((~np.isfinite(samples)).sum())} NaN/inf values "
-                         "(diverged sampler or model)")
-    mem = metrics.memorization(samples, train_images, ratio)
-    summary = dict(memorization_ratio=mem["memorization_ratio"], num_memorized=int(mem["memorized"].sum()),
-                   mean_nn1_dist=float(mem["nn_dist"][:, 0].mean()),
-                   median_dist_ratio=float(np.median(mem["dist_ratio"])))
-    summary.update(feature_metrics(extractor(samples, batch_size=batch_size), ref_features, k=k,
-                                   kid_subsets=kid_subsets, seed=seed))
-    return summary, mem
-
-
-def feature_metrics(fake_features: np.ndarray, ref_features: np.ndarray, *, k: int = 3,
-                    kid_subsets: int = 100, seed: int = 0) -> dict:
-    """FD, KID (mean, std) and precision/recall (k) of feature sets fake (m, f) vs reference (r, f)."""
-    kid_mean, kid_std = metrics.kid(ref_features, fake_features, subsets=kid_subsets, seed=seed)
-    pr = metrics.precision_recall(ref_features, fake_features, k)
-    return dict(fd=metrics.frechet_distance(ref_features, fake_features), kid_mean=kid_mean, kid_std=kid_std,
-                precision=pr["precision"], recall=pr["recall"], k=int(k),
-                n_fake=int(fake_features.shape[0]), n_ref=int(ref_features.shape[0]))

@@ -1,10 +1,13 @@
-"""Reverse-SDE and probability-flow samplers for the OU process (PAPER.md section 1).
+"""Reverse-SDE and probability-flow samplers for the OU process (arXiv 2511.03202, Section 3).
 
 Backward SDE  dY = [Y/2 + score(Y, T-s)] ds + dB_s  (Euler-Maruyama), and probability-flow ODE
 dY = [Y/2 + score(Y, T-s)/2] ds (Heun), integrated from T down to t0 on a decreasing time grid.
 
 Per-sample seeds (EDM style): sample i uses key fold_in(base_key, i) for its initial draw and for the
 noise of every step, so sample i is identical whatever the batch size or device count.
+
+`generate` is the one sampling driver (every sampler of diffmem goes through it); `sample` runs a plain score
+function through it.
 
 Data parallel: `key_batches` shards each batch of per-sample keys over a 1-D device mesh (`device_mesh`, default all
 local devices) and `replicate` puts the model's parameters on every device; the jit-compiled sampler is then
@@ -95,25 +98,43 @@ def sample_batch(score_fn: sde.ScoreFn, keys: Array, shape: tuple[int, ...], gri
     return (y_last, path) if return_path else y_last
 
 
-def generate(score_fn: sde.ScoreFn, key: Array, num_samples: int, shape: tuple[int, ...],
-             grid: Array, method: str = "sde", batch_size: int = 512, denoise: bool = True,
-             progress: bool = False, start_index: int = 0,
-             devices: Optional[Sequence[jax.Device]] = None) -> np.ndarray:
-    """num_samples samples in batches; sample i uses fold_in(key, start_index + i).
+def generate(batch_fn: Callable[..., Any], key: Array, num_samples: int, batch_size: int, *, args: tuple = (),
+             devices: Optional[Sequence[jax.Device]] = None, start_index: int = 0, progress: bool = False,
+             desc: str = "sampling", postprocess: Optional[Callable[[Any], Any]] = None) -> Any:
+    """THE sampling driver of diffmem: every sampler (image DiT, swap test, trajectories, mixture lab) runs here.
 
-    Returns a host array (num_samples, *shape). The batch function is jit-compiled once (the last batch is padded
-    to the same size) and runs data parallel over `devices` (default: all local devices; see `key_batches`).
+    batch_fn(keys (b,), *args) -> pytree of arrays with the batch on axis 0 (jit-compiled by the caller, once per
+    model: the parameters, masks and grids travel in `args`). Sample i uses the key fold_in(key, start_index + i),
+    so it does not depend on the batch size, the device count or the process count. Batches of batch_size (rounded
+    up to a multiple of the device count; the last one padded, so one compilation) run data parallel over
+    `devices` (default: all local devices; `key_batches`) with `args` replicated; with several JAX processes and
+    devices=None each process draws a contiguous share and all receive every sample (`split_over_processes`).
+    postprocess(outputs of one batch, padding dropped) -> pytree with the batch on axis 0, applied on the host
+    batch by batch (e.g. to reduce a whole trajectory to a few numbers before the next batch).
+    Returns the host pytree of all num_samples rows.
     """
     mesh = device_mesh(devices)
-    run = jax.jit(lambda keys, grid: sample_batch(score_fn, keys, shape, grid, method, denoise))
-    grid = replicate(jnp.asarray(grid), mesh)
+    args = replicate(args, mesh)
 
     def local(num, start):
-        out = [np.asarray(run(keys, grid))[:keep] for _, keep, keys in
-               key_batches(key, num, batch_size, mesh, start, progress, f"sampling ({method})")]
-        return np.concatenate(out, 0)
+        outs = []
+        for _, keep, keys in key_batches(key, num, batch_size, mesh, start, progress, desc):
+            out = jax.tree.map(lambda a: np.asarray(a)[:keep], batch_fn(keys, *args))
+            outs.append(out if postprocess is None else postprocess(out))
+        return jax.tree.map(lambda *parts: np.concatenate(parts, 0), *outs)
     return local(num_samples, start_index) if devices is not None else \
         split_over_processes(local, num_samples, start_index)
+
+
+def sample(score_fn: sde.ScoreFn, key: Array, num_samples: int, shape: tuple[int, ...], grid: Array,
+           method: str = "sde", batch_size: int = 512, denoise: bool = True, progress: bool = False,
+           start_index: int = 0, devices: Optional[Sequence[jax.Device]] = None) -> np.ndarray:
+    """num_samples samples (num_samples, *shape) of a score function through `generate` (`sample_batch` on the
+    decreasing time `grid`); sample i uses fold_in(key, start_index + i). The score function is closed over, so
+    this compiles once per call: for a model sampled repeatedly, pass its parameters through `generate`'s args."""
+    run = jax.jit(lambda keys, grid: sample_batch(score_fn, keys, shape, grid, method, denoise))
+    return generate(run, key, num_samples, batch_size, args=(jnp.asarray(grid),), devices=devices,
+                    start_index=start_index, progress=progress, desc=f"sampling ({method})")
 
 
 def per_sample_keys(key: Array, num: int, start: int = 0) -> Array:
@@ -162,11 +183,11 @@ def key_batches(key: Array, num_samples: int, batch_size: int, mesh: Mesh, start
         yield lo, min(b, num_samples - lo), keys
 
 
-def split_over_processes(sample_fn: Callable[[int, int], np.ndarray], num_samples: int,
-                         start_index: int = 0) -> np.ndarray:
+def split_over_processes(sample_fn: Callable[[int, int], Any], num_samples: int, start_index: int = 0) -> Any:
     """All num_samples samples, drawn by every JAX process in contiguous shares and all-gathered.
 
-    sample_fn(num, start) -> (num, ...) host array of samples start .. start + num - 1 (on this process's devices).
+    sample_fn(num, start) -> pytree of (num, ...) host arrays of samples start .. start + num - 1 (on this
+    process's devices).
     With P processes each draws ceil(num_samples / P) (the last share may run past num_samples: dropped) and
     every process returns the same (num_samples, ...) array; with one process this is sample_fn(num_samples,
     start_index).
@@ -177,4 +198,5 @@ def split_over_processes(sample_fn: Callable[[int, int], np.ndarray], num_sample
     from jax.experimental import multihost_utils  # only with several processes
     share = -(-num_samples // procs)
     mine = sample_fn(share, start_index + jax.process_index() * share)                # (share, ...)
-    return np.asarray(multihost_utils.process_allgather(mine, tiled=True))[:num_samples]
+    return jax.tree.map(lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True))[:num_samples],
+                        mine)

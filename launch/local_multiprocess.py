@@ -7,7 +7,7 @@
 Each process i gets DIFFMEM_DISTRIBUTED=1, DIFFMEM_COORDINATOR_ADDRESS=localhost:PORT, DIFFMEM_NUM_PROCESSES=N,
 DIFFMEM_PROCESS_ID=i, JAX_PLATFORMS=cpu, `devices_per_process` fake CPU devices, and gloo cross-process CPU
 collectives (JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo; the default since jax 0.4.3x, set for clarity). It calls
-`diffmem.train.initialize_distributed()` (i.e. `jax.distributed.initialize(coordinator_address=...,
+`diffmem.runtime.initialize_distributed()` (i.e. `jax.distributed.initialize(coordinator_address=...,
 num_processes=N, process_id=i)`) and then runs the module / script as __main__, so the program needs no
 launcher-specific code: `train` builds its mesh over the N * devices_per_process global devices.
 If one process fails, the others are stopped (they would wait forever at the next collective).
@@ -44,7 +44,7 @@ def _split_target(argv: list[str]) -> tuple[str, str, list[str]]:
 
 def _worker(target: list[str]) -> None:
     """Inside one process: join the distributed runtime, then run the target as __main__."""
-    from diffmem.train import initialize_distributed  # imports jax but does not start a backend
+    from diffmem.runtime import initialize_distributed  # imports jax but does not start a backend
 
     initialize_distributed()
     kind, name, args = _split_target(target)

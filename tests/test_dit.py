@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffmem import pruning
 from diffmem.models import dit as D
 
 S, C, P = 8, 3, 2  # tiny images 8x8x3, patch 2 -> 16 tokens
@@ -175,7 +176,7 @@ def test_masking_head_equals_zeroing_proj_rows():
     v = perturb(init(m))
     l, h = 1, 2
     mask = jnp.ones((2, 4)).at[l, h].set(0.0)
-    sl = D.head_output_slices(m)[l][h]
+    sl = pruning.head_output_slices(m)[l][h]
     assert sl == slice(16, 24)  # head_dim 8
     v0 = jax.tree_util.tree_map(lambda a: a, v)
     k = v0["params"][f"blocks_{l}"]["attn"]["proj"]["kernel"]
@@ -188,11 +189,11 @@ def test_masking_head_equals_zeroing_proj_rows():
 def test_head_proj_norms():
     m = tiny()
     v = perturb(init(m))
-    norms = D.head_proj_norms(m, v)
+    norms = pruning.head_proj_norms(m, v)
     chex.assert_shape(norms, (2, 4))
     k = np.asarray(v["params"]["blocks_1"]["attn"]["proj"]["kernel"])
     np.testing.assert_allclose(norms[1, 3], np.linalg.norm(k[24:32]), rtol=1e-5)
-    np.testing.assert_allclose(D.head_proj_norms(m, v["params"]), norms)
+    np.testing.assert_allclose(pruning.head_proj_norms(m, v["params"]), norms)
 
 
 def test_head_mask_gradient_matches_finite_difference():
@@ -221,7 +222,7 @@ def test_remove_heads_equals_masking():
     x, u, y = inputs(2, 3)
     v = perturb(init(m, 3))
     mask = np.array([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 0]], np.float32)  # block 1 loses every head
-    m2, v2 = D.remove_heads(m, v, mask)
+    m2, v2 = pruning.remove_heads(m, v, mask)
     assert m2.head_counts == (2, 0, 3) and m2.head_dim == 8 and m2.max_heads == 3
     assert set(v2["params"]["blocks_1"]["attn"]) == {"proj"}
     assert set(v2["params"]["blocks_1"]["attn"]["proj"]) == {"bias"}
@@ -232,13 +233,13 @@ def test_remove_heads_equals_masking():
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
     assert np.max(np.abs(ref - fwd(m, v, x, u, y, head_mask=jnp.ones((3, 4))))) > 1e-3
     # pruned norms are the kept heads' norms, NaN on padding
-    n1, n2 = D.head_proj_norms(m, v), D.head_proj_norms(m2, v2)
+    n1, n2 = pruning.head_proj_norms(m, v), pruning.head_proj_norms(m2, v2)
     np.testing.assert_allclose(n2[0, :2], n1[0, [0, 2]], rtol=1e-6)
     np.testing.assert_allclose(n2[2], n1[2, :3], rtol=1e-6)
-    assert np.all(np.isnan(n2[1])) and np.array_equal(D.head_valid_mask(m2), ~np.isnan(n2))
+    assert np.all(np.isnan(n2[1])) and np.array_equal(pruning.head_valid_mask(m2), ~np.isnan(n2))
     # prune the pruned model again (padded mask; padding ignored) == masking it, and == masking the original
     mask2 = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 1]], np.float32)
-    m3, v3 = D.remove_heads(m2, v2["params"], mask2)
+    m3, v3 = pruning.remove_heads(m2, v2["params"], mask2)
     assert m3.head_counts == (1, 0, 2)
     out3 = fwd(m3, {"params": v3}, x, u, y)
     np.testing.assert_allclose(out3, fwd(m2, v2, x, u, y, head_mask=jnp.asarray(mask2)), atol=1e-5, rtol=1e-5)
@@ -250,11 +251,11 @@ def test_remove_heads_rejects_bad_masks():
     m = tiny()
     v = init(m)
     with pytest.raises(ValueError, match="exactly 0 or 1"):
-        D.remove_heads(m, v, np.full((2, 4), 0.5))
+        pruning.remove_heads(m, v, np.full((2, 4), 0.5))
     with pytest.raises(ValueError, match="exactly 0 or 1"):
-        D.remove_heads(m, v, np.array([[1, 1, 1, np.nan], [1, 1, 1, 1]]))
+        pruning.remove_heads(m, v, np.array([[1, 1, 1, np.nan], [1, 1, 1, 1]]))
     with pytest.raises(ValueError, match=r"head_mask.*\(2, 4\)"):
-        D.remove_heads(m, v, np.ones((4, 2)))
+        pruning.remove_heads(m, v, np.ones((4, 2)))
 
 
 # ---------------------------------------------------------------- validation

@@ -12,7 +12,10 @@ import pytest
 from scipy import stats
 
 from configs import gmm_memorization as gmm_cfg
-from diffmem import experiments, gmm_lab, sampling, scores, train
+import optax
+
+from diffmem import config as config_lib
+from diffmem import experiments, gmm_lab, losses, sampling, scores, training
 from diffmem.models import mlp
 
 D = 3
@@ -27,34 +30,38 @@ def _setup(ns=(4, 9, 6), width=8):
     model = mlp.ScoreMLP(dim=D, width=width, depth=2)
     apply = mlp.make_apply(model)
     rng = np.random.RandomState(0)
-    data, mask = gmm_lab.pad_datasets([rng.randn(n, D) for n in ns])
+    data, mask = training.pad_datasets([rng.randn(n, D) for n in ns])
     keys = jax.random.split(jax.random.key(1), len(ns))
-    params = gmm_lab.init_members(lambda k: mlp.init_params(model, k), keys)
+    params = training.init_members(lambda k: mlp.init_params(model, k), keys)
     return model, apply, data, mask, keys, params
 
 
 def test_pad_datasets_and_prefix_masks():
-    data, mask = gmm_lab.pad_datasets([np.ones((2, 3)), 2 * np.ones((4, 3))])
+    data, mask = training.pad_datasets([np.ones((2, 3)), 2 * np.ones((4, 3))])
     assert data.shape == (2, 4, 3) and mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
-    assert gmm_lab.mask_counts(mask).tolist() == [2, 4]
+    assert training.mask_counts(mask).tolist() == [2, 4]
     np.testing.assert_array_equal(data[0, 2:], 0)
     with pytest.raises(ValueError, match="prefix"):
-        gmm_lab.mask_counts(np.asarray([[1, 0, 1]]))
+        training.mask_counts(np.asarray([[1, 0, 1]]))
     with pytest.raises(ValueError, match="n_m"):
-        gmm_lab.pad_datasets([np.ones((0, 3))])
+        training.pad_datasets([np.ones((0, 3))])
 
 
 def test_masked_batch_uses_only_first_count_rows():
     data = jnp.arange(10.0)[:, None]
-    b = gmm_lab.masked_batch(jax.random.key(0), data, jnp.int32(3), 500)
+    b = training.masked_batch(jax.random.key(0), data, jnp.int32(3), 500)
     assert set(np.asarray(b[:, 0]).tolist()) == {0.0, 1.0, 2.0}
 
 
-def test_sweep_optimizer_matches_train_make_optimizer():
-    cfg = train.TrainConfig(steps=10, lr=1e-2, warmup_steps=3, weight_decay=0.3, grad_clip=0.5)
+@pytest.mark.parametrize("traced", [False, True])
+def test_make_optimizer_is_optax_adamw(traced):
+    """make_optimizer (static or traced per-member decay) == clip + optax.adamw with the decay masked to kernels."""
+    cfg = training.TrainConfig(steps=10, lr=1e-2, warmup_steps=3, weight_decay=0.3, grad_clip=0.5)
     params = {"w": jnp.ones((3, 2)), "b": jnp.ones((2,))}
     grads = {"w": jnp.full((3, 2), 2.0), "b": jnp.full((2,), -1.0)}
-    ref, ours = train.make_optimizer(cfg), gmm_lab.sweep_optimizer(cfg, jnp.float32(0.3))
+    ref = optax.chain(optax.clip_by_global_norm(0.5), optax.adamw(training.make_schedule(cfg), weight_decay=0.3,
+                                                                  mask=training.kernel_mask))
+    ours = training.make_optimizer(cfg, jnp.float32(0.3)) if traced else training.make_optimizer(cfg)
     s1, s2 = ref.init(params), ours.init(params)
     for _ in range(3):
         u1, s1 = ref.update(grads, s1, params)
@@ -65,40 +72,40 @@ def test_sweep_optimizer_matches_train_make_optimizer():
 def test_vmapped_step_equals_member_by_member():
     """One vmapped step over 2 members (different n, weight decay, key) == make_train_step per member."""
     model, apply, data, mask, keys, params = _setup(ns=(4, 9))
-    cfg = train.TrainConfig(steps=3, batch_size=16, lr=1e-2, warmup_steps=1, grad_clip=1.0, ema_decay=0.5)
-    loss = gmm_lab.make_lab_loss(apply, 1e-3, 10.0)
+    cfg = training.TrainConfig(steps=3, batch_size=16, lr=1e-2, warmup_steps=1, grad_clip=1.0, ema_decay=0.5)
+    loss = losses.make_lab_loss(apply, 1e-3, 10.0)
     wds = jnp.asarray([0.0, 1.0])
-    counts = jnp.asarray(gmm_lab.mask_counts(mask))
-    step = jax.jit(gmm_lab.make_sweep_step(loss, cfg))
-    states = gmm_lab.init_states(params, cfg)
+    counts = jnp.asarray(training.mask_counts(mask))
+    step = jax.jit(jax.vmap(training.make_member_step(loss, cfg)))
+    states = training.init_states(params, cfg)
     for _ in range(3):
         states, metrics = step(states, jnp.asarray(data), counts, wds, keys)
     for m in range(2):
-        opt = train.make_optimizer(dataclasses.replace(cfg, weight_decay=float(wds[m])))
-        one = jax.jit(train.make_train_step(loss, opt, cfg.ema_decay))
-        st = train.init_state(gmm_lab.unstack(params, m), opt)
+        opt = training.make_optimizer(dataclasses.replace(cfg, weight_decay=float(wds[m])))
+        one = jax.jit(training.make_train_step(loss, opt, cfg.ema_decay))
+        st = training.init_state(training.unstack(params, m), opt)
         for s in range(3):
             k = jax.random.fold_in(keys[m], s)
             batch = jnp.asarray(data[m])[jax.random.randint(jax.random.fold_in(k, 0), (16,), 0, int(counts[m]))]
             st, met = one(st, batch, jax.random.fold_in(k, 1))
-        chex.assert_trees_all_close(st.params, gmm_lab.unstack(states.params, m), rtol=2e-5, atol=1e-6)
-        chex.assert_trees_all_close(st.ema_params, gmm_lab.unstack(states.ema_params, m), rtol=2e-5, atol=1e-6)
+        chex.assert_trees_all_close(st.params, training.unstack(states.params, m), rtol=2e-5, atol=1e-6)
+        chex.assert_trees_all_close(st.ema_params, training.unstack(states.ema_params, m), rtol=2e-5, atol=1e-6)
         np.testing.assert_allclose(met["loss"], metrics["loss"][m], rtol=1e-5)
     assert int(states.step[0]) == 3
 
 
 def test_one_compilation_for_any_n_and_weight_decay():
     model, apply, data, mask, keys, params = _setup()
-    cfg = train.TrainConfig(steps=2, batch_size=8, lr=1e-3)
+    cfg = training.TrainConfig(steps=2, batch_size=8, lr=1e-3)
     traces = []
-    base = gmm_lab.make_lab_loss(apply, 1e-3, 10.0)
+    base = losses.make_lab_loss(apply, 1e-3, 10.0)
 
     def loss(p, k, b):
         traces.append(1)  # runs at trace time only
         return base(p, k, b)
 
-    run = gmm_lab.make_sweep_runner(loss, cfg, 2)
-    states = gmm_lab.init_states(params, cfg)
+    run = training.make_sweep_runner(loss, cfg, 2)
+    states = training.init_states(params, cfg)
     for counts, wds in (([4, 9, 6], [0.0, 0.1, 1.0]), ([1, 2, 3], [1.0, 0.0, 0.5])):
         run(states, jnp.asarray(data), jnp.asarray(counts), jnp.asarray(wds), keys)
     assert len(traces) == 1
@@ -109,13 +116,13 @@ def test_train_sweep_resumes_exactly(tmp_path):
     it resumes from step 2 and ends where the uninterrupted run ended."""
     import shutil
     model, apply, data, mask, keys, params = _setup()
-    loss = gmm_lab.make_lab_loss(apply, 1e-3, 10.0)
-    cfg = train.TrainConfig(steps=4, batch_size=8, lr=1e-2, log_every=2, ckpt_every=2, keep_ckpts=2, ema_decay=0.5)
+    loss = losses.make_lab_loss(apply, 1e-3, 10.0)
+    cfg = training.TrainConfig(steps=4, batch_size=8, lr=1e-2, log_every=2, ckpt_every=2, keep_ckpts=2, ema_decay=0.5)
     wds = [0.0, 0.1, 0.2]
-    straight, hist = gmm_lab.train_sweep(loss, params, data, mask, wds, keys, cfg, str(tmp_path))
+    straight, hist = training.train_sweep(loss, params, data, mask, wds, keys, cfg, str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
     shutil.rmtree(tmp_path / "checkpoints" / "4")
-    resumed, hist2 = gmm_lab.train_sweep(loss, params, data, mask, wds, keys, cfg, str(tmp_path))
+    resumed, hist2 = training.train_sweep(loss, params, data, mask, wds, keys, cfg, str(tmp_path))
     chex.assert_trees_all_close(straight.params, resumed.params, rtol=1e-6)
     chex.assert_trees_all_close(straight.opt_state, resumed.opt_state, rtol=1e-6)
     assert [h["step"] for h in hist2] == [2, 4] and np.allclose(hist[-1]["loss"], hist2[-1]["loss"], rtol=1e-6)
@@ -123,22 +130,22 @@ def test_train_sweep_resumes_exactly(tmp_path):
 
 def test_train_sweep_bad_inputs():
     model, apply, data, mask, keys, params = _setup()
-    loss = gmm_lab.make_lab_loss(apply, 1e-3, 10.0)
-    cfg = train.TrainConfig(steps=1, batch_size=4)
+    loss = losses.make_lab_loss(apply, 1e-3, 10.0)
+    cfg = training.TrainConfig(steps=1, batch_size=4)
     with pytest.raises(ValueError, match="weight_decays"):
-        gmm_lab.train_sweep(loss, params, data, mask, [0.0, -1.0, 0.0], keys, cfg)
+        training.train_sweep(loss, params, data, mask, [0.0, -1.0, 0.0], keys, cfg)
     with pytest.raises(ValueError, match="keys"):
-        gmm_lab.train_sweep(loss, params, data, mask, [0.0] * 3, keys[:2], cfg)
+        training.train_sweep(loss, params, data, mask, [0.0] * 3, keys[:2], cfg)
     bad = data.copy()
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        gmm_lab.train_sweep(loss, params, bad, mask, [0.0] * 3, keys, cfg)
+        training.train_sweep(loss, params, bad, mask, [0.0] * 3, keys, cfg)
     with pytest.raises(ValueError, match="time_dist"):
-        gmm_lab.make_lab_loss(apply, 1e-3, 10.0, time_dist="beta")
+        losses.make_lab_loss(apply, 1e-3, 10.0, time_dist="beta")
     with pytest.raises(ValueError, match="t0"):
-        gmm_lab.make_lab_loss(apply, 0.0, 10.0)
+        losses.make_lab_loss(apply, 0.0, 10.0)
     with pytest.raises(ValueError, match="method"):
-        gmm_lab.SamplerConfig(method="ddim")
+        config_lib.SamplerConfig(method="ddim")
 
 
 def test_reference_samplers_memorize_and_generalize():
@@ -146,7 +153,7 @@ def test_reference_samplers_memorize_and_generalize():
     d, n = 8, 32
     mix = scores.random_mixture(jax.random.key(0), 4, d)
     pts = np.asarray(scores.sample_mixture(jax.random.key(1), mix, n))
-    data, mask = gmm_lab.pad_datasets([pts, pts[:16]])
+    data, mask = training.pad_datasets([pts, pts[:16]])
     grid = sampling.time_grid(1e-3, 10.0, 50)
     emp = gmm_lab.sample_members(gmm_lab.empirical_member_score, (jnp.asarray(data), jnp.asarray(mask)),
                                  jax.random.key(2), 200, d, grid)

@@ -6,8 +6,10 @@ import h5py
 import numpy as np
 import pytest
 
-from diffmem import inception, metrics
-from diffmem.experiments import train_dit
+from diffmem.eval import features
+from diffmem.eval.features import inception
+from diffmem import config as config_lib
+from diffmem.eval import images
 
 keras = inception.import_keras()
 
@@ -52,7 +54,7 @@ def weights(tmp_path_factory):
 
 def test_features_equal_keras_pool_of_resized_images(weights):
     model, path = weights
-    ext = metrics.get_feature_extractor("inception", inception_weights=path)
+    ext = features.get_feature_extractor("inception", inception_weights=path)
     assert ext.name.startswith("inception_v3:") and ext.info["weights"] == path
     assert ext.info["weights_sha1"].startswith(ext.name.split(":")[1]) and not ext.info["include_top_file"]
     imgs = np.random.default_rng(1).uniform(-1, 1, (3, 8, 8, 3)).astype(np.float32)
@@ -97,7 +99,7 @@ def test_legacy_h5_files_with_and_without_head(tmp_path, include_top):
 def test_bad_weights_files(tmp_path, weights):
     _, path = weights
     with pytest.raises(ValueError, match="needs inception_weights"):
-        metrics.get_feature_extractor("inception")
+        features.get_feature_extractor("inception")
     with pytest.raises(ValueError, match="does not exist"):
         inception.inception_extractor(str(tmp_path / "missing.h5"))
     bad = tmp_path / "garbage.weights.h5"
@@ -118,17 +120,13 @@ def test_bad_weights_files(tmp_path, weights):
 
 def test_experiment_config_fields(tmp_path, weights):
     _, path = weights
-    ev = dict(features="inception", inception_weights="")
+    parse = lambda **kw: config_lib.parse(config_lib.ImageEvalConfig, kw, "eval")
     with pytest.raises(ValueError, match=r"config\.eval\.inception_weights must be the path"):
-        train_dit.check_features(ev)
+        parse(features="inception", inception_weights="")
     with pytest.raises(ValueError, match="is not a file"):
-        train_dit.check_features(dict(features="inception", inception_weights=str(tmp_path / "nope.h5")))
+        parse(features="inception", inception_weights=str(tmp_path / "nope.h5"))
     with pytest.raises(ValueError, match="only used with config.eval.features='inception'"):
-        train_dit.check_features(dict(features="pixels", inception_weights=path))
-    ev = dict(features="inception", inception_weights=path)
-    train_dit.check_features(ev)
-    ext = train_dit.make_feature_extractor(ev, None, str(tmp_path), seed=0)
+        parse(features="pixels", inception_weights=path)
+    ext = images.make_extractor(parse(features="inception", inception_weights=path), None, str(tmp_path), seed=0)
     assert ext.name.startswith("inception_v3:")
-    ev = dict(features="pixels")
-    train_dit.check_features(ev)
-    assert ev["inception_weights"] == ""
+    parse(features="pixels")

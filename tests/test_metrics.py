@@ -10,7 +10,7 @@ import pytest
 import scipy.linalg
 from sklearn.datasets import load_digits
 
-from diffmem import metrics
+from diffmem.eval import distribution, features, images, neighbors
 
 
 def _brute_knn(q, x, k):
@@ -31,7 +31,7 @@ def rand_data():
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
 def test_top2_matches_brute_force(rand_data, chunk):
     q, x = rand_data
-    dist, idx = metrics.top2_neighbors(q, x, chunk=chunk)
+    dist, idx = neighbors.top2_neighbors(q, x, chunk=chunk)
     ref_d, ref_i = _brute_knn(q, x, 2)
     chex.assert_shape([dist, idx], (37, 2))
     np.testing.assert_array_equal(np.asarray(idx), ref_i)
@@ -41,12 +41,12 @@ def test_top2_matches_brute_force(rand_data, chunk):
 def test_top2_query_chunks_images_and_knn(rand_data):
     q, x = rand_data
     ref_d, ref_i = _brute_knn(q, x, 5)
-    d, i = metrics.top2_neighbors(q, x, chunk=9, query_chunk=10)  # 37 = 3 * 10 + 7
+    d, i = neighbors.top2_neighbors(q, x, chunk=9, query_chunk=10)  # 37 = 3 * 10 + 7
     np.testing.assert_array_equal(np.asarray(i), ref_i[:, :2])
     # images (b, H, W, C) are flattened
-    d_img, i_img = metrics.top2_neighbors(q.reshape(37, 1, 2, 3), x.reshape(101, 1, 2, 3), chunk=9)
+    d_img, i_img = neighbors.top2_neighbors(q.reshape(37, 1, 2, 3), x.reshape(101, 1, 2, 3), chunk=9)
     np.testing.assert_array_equal(np.asarray(i_img), ref_i[:, :2])
-    dk, ik = metrics.knn(q, x, 5, chunk=16)
+    dk, ik = neighbors.knn(q, x, 5, chunk=16)
     np.testing.assert_array_equal(np.asarray(ik), ref_i)
     np.testing.assert_allclose(np.asarray(dk), ref_d, rtol=1e-5)
 
@@ -59,7 +59,7 @@ def test_top2_accurate_for_near_copies_far_from_origin():
     delta = np.zeros(16, np.float32)
     delta[0] = 1e-3
     q = x[[4, 17]] + delta
-    dist, idx = metrics.top2_neighbors(q, x, chunk=8)
+    dist, idx = neighbors.top2_neighbors(q, x, chunk=8)
     ref_d, ref_i = _brute_knn(q, x, 2)
     np.testing.assert_array_equal(np.asarray(idx), ref_i)
     np.testing.assert_allclose(np.asarray(dist), ref_d, rtol=1e-3)
@@ -68,7 +68,7 @@ def test_top2_accurate_for_near_copies_far_from_origin():
 
 def test_ties_go_to_lower_index():
     x = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [5.0, 5.0]], np.float32)
-    dist, idx = metrics.top2_neighbors(np.zeros((1, 2), np.float32), x, chunk=1)
+    dist, idx = neighbors.top2_neighbors(np.zeros((1, 2), np.float32), x, chunk=1)
     np.testing.assert_array_equal(np.asarray(idx), [[0, 1]])
     np.testing.assert_allclose(np.asarray(dist), [[1.0, 1.0]])
 
@@ -79,8 +79,8 @@ def test_sharded_equals_single_device(n, chunk):
     rng = np.random.default_rng(n)
     q = rng.normal(size=(29, 5)).astype(np.float32)
     x = rng.normal(size=(n, 5)).astype(np.float32)
-    d1, i1 = metrics.top2_neighbors(q, x, chunk=chunk)
-    d4, i4 = metrics.top2_neighbors_sharded(q, x, chunk=chunk)
+    d1, i1 = neighbors.top2_neighbors(q, x, chunk=chunk)
+    d4, i4 = neighbors.top2_neighbors_sharded(q, x, chunk=chunk)
     np.testing.assert_array_equal(np.asarray(i4), np.asarray(i1))
     np.testing.assert_allclose(np.asarray(d4), np.asarray(d1), rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(i1), _brute_knn(q, x, 2)[1])
@@ -89,19 +89,19 @@ def test_sharded_equals_single_device(n, chunk):
 def test_nn_bad_inputs(rand_data):
     q, x = rand_data
     with pytest.raises(ValueError, match="same point shape"):
-        metrics.top2_neighbors(q, x[:, :5])
+        neighbors.top2_neighbors(q, x[:, :5])
     with pytest.raises(ValueError, match="at least 2"):
-        metrics.top2_neighbors(q, x[:1])
+        neighbors.top2_neighbors(q, x[:1])
     with pytest.raises(ValueError, match="at least 2"):
-        metrics.top2_neighbors_sharded(q, x[:1])
+        neighbors.top2_neighbors_sharded(q, x[:1])
     bad = q.copy()
     bad[3, 2] = np.nan
     with pytest.raises(ValueError, match="queries contains NaN"):
-        metrics.top2_neighbors(bad, x)
+        neighbors.top2_neighbors(bad, x)
     with pytest.raises(ValueError, match="chunk"):
-        metrics.top2_neighbors(q, x, chunk=0)
+        neighbors.top2_neighbors(q, x, chunk=0)
     with pytest.raises(ValueError, match="ndim"):
-        metrics.top2_neighbors(q[0], x)
+        neighbors.top2_neighbors(q[0], x)
 
 
 # ---------------------------------------------------------------- memorization criterion
@@ -114,16 +114,16 @@ def test_memorization_hand_built():
                         [2.0, 0.0],    # 2 < 8 / 3 -> memorized
                         [3.0, 0.0]],   # 3 > 7 / 3 -> not
                        np.float32)
-    out = metrics.memorization(samples, train)
+    out = neighbors.memorization(samples, train)
     np.testing.assert_array_equal(out["memorized"], [True, False, True, True, False])
     np.testing.assert_array_equal(out["nn_idx"][:, 0], [1, 0, 0, 0, 0])
     np.testing.assert_allclose(out["nn_dist"][:, 0], [0.0, 5.0, 0.1, 2.0, 3.0], rtol=1e-6)
     np.testing.assert_allclose(out["dist_ratio"], [0.0, 1.0, 0.1 / 9.9, 0.25, 3.0 / 7.0], rtol=1e-5)
     assert out["memorization_ratio"] == pytest.approx(3 / 5)
     # a looser threshold flips the last one; the sharded path agrees
-    assert metrics.memorization(samples, train, ratio=0.5)["memorized"].tolist() == [True, False, True,
+    assert neighbors.memorization(samples, train, ratio=0.5)["memorized"].tolist() == [True, False, True,
                                                                                        True, True]
-    sh = metrics.memorization(samples, train, sharded=True)
+    sh = neighbors.memorization(samples, train, sharded=True)
     np.testing.assert_array_equal(sh["memorized"], out["memorized"])
     np.testing.assert_array_equal(sh["nn_idx"], out["nn_idx"])
 
@@ -131,35 +131,35 @@ def test_memorization_hand_built():
 def test_memorization_duplicates():
     train = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 0.0], [0.0, 10.0]], np.float32)  # 0 and 2 equal
     samples = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 9.5]], np.float32)
-    strict = metrics.memorization(samples, train)
+    strict = neighbors.memorization(samples, train)
     # a copy of a duplicated point has NN1 = NN2 = 0: not memorized by the strict criterion
     assert strict["memorized"].tolist() == [False, True, True]
     np.testing.assert_array_equal(strict["nn_idx"][0], [0, 2])
     assert strict["dist_ratio"][0] == 1.0
     assert strict["n_unique"] == 4
-    dd = metrics.memorization(samples, train, dedupe=True)
+    dd = neighbors.memorization(samples, train, dedupe=True)
     assert dd["memorized"].tolist() == [True, True, True]
     assert dd["n_unique"] == 3 and dd["n_train"] == 4
     # indices refer to the original training set (first occurrence kept)
     np.testing.assert_array_equal(dd["nn_idx"][:, 0], [0, 1, 3])
     with pytest.raises(ValueError, match="fewer than 2 distinct"):
-        metrics.memorization(samples, np.zeros((3, 2), np.float32), dedupe=True)
+        neighbors.memorization(samples, np.zeros((3, 2), np.float32), dedupe=True)
 
 
 def test_memorization_bad_inputs():
     train = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
     with pytest.raises(ValueError, match="at least 2"):
-        metrics.memorization(train[:2], train[:1])
+        neighbors.memorization(train[:2], train[:1])
     with pytest.raises(ValueError, match="same point shape"):
-        metrics.memorization(train[:, :2], train)
+        neighbors.memorization(train[:, :2], train)
     with pytest.raises(ValueError, match="ratio"):
-        metrics.memorization(train, train, ratio=1.5)
+        neighbors.memorization(train, train, ratio=1.5)
     bad = train.copy()
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="samples contains NaN"):
-        metrics.memorization(bad, train)
+        neighbors.memorization(bad, train)
     with pytest.raises(ValueError, match="train contains NaN"):
-        metrics.memorization(train, bad)
+        neighbors.memorization(train, bad)
 
 
 # ---------------------------------------------------------------- Frechet distance
@@ -168,12 +168,12 @@ def test_fd_identical_and_exact_shift():
     rng = np.random.default_rng(0)
     f1 = rng.normal(size=(400, 8)) @ rng.normal(size=(8, 8))
     scale = 2 * np.trace(np.cov(f1, rowvar=False))
-    assert abs(metrics.frechet_distance(f1, f1)) < 1e-6 * scale
+    assert abs(distribution.frechet_distance(f1, f1)) < 1e-6 * scale
     c = np.linspace(-1.0, 2.0, 8)
-    assert metrics.frechet_distance(f1, f1 + c) == pytest.approx(c @ c, rel=1e-8)
+    assert distribution.frechet_distance(f1, f1 + c) == pytest.approx(c @ c, rel=1e-8)
     # rank-deficient covariances (m < f) are fine too
     g = rng.normal(size=(5, 12))
-    assert abs(metrics.frechet_distance(g, g)) < 1e-6 * 2 * np.trace(np.cov(g, rowvar=False))
+    assert abs(distribution.frechet_distance(g, g)) < 1e-6 * 2 * np.trace(np.cov(g, rowvar=False))
 
 
 def test_fd_matches_scipy_on_sample_statistics():
@@ -182,7 +182,7 @@ def test_fd_matches_scipy_on_sample_statistics():
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     ref = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
-    assert metrics.frechet_distance(a, b) == pytest.approx(ref, rel=1e-8)
+    assert distribution.frechet_distance(a, b) == pytest.approx(ref, rel=1e-8)
 
 
 def test_fd_gaussians_closed_form():
@@ -199,22 +199,22 @@ def test_fd_gaussians_closed_form():
     # std over 30 seeds); allow 4 of these (the cross term 2 tr((S1 S2)^1/2) is ~0.9 here)
     d = mu1 - mu2
     std = np.sqrt(4 * d @ (s1 + s2) @ d / m + 2 * ((s1 ** 2).sum() + (s2 ** 2).sum()) / m)
-    assert abs(metrics.frechet_distance(a, b) - true) < 4 * std
+    assert abs(distribution.frechet_distance(a, b) - true) < 4 * std
     assert 4 * std < 0.2
 
 
 def test_fd_bad_inputs():
     a = np.ones((10, 3))
     with pytest.raises(ValueError, match="feature dimension"):
-        metrics.frechet_distance(a, np.ones((10, 4)))
+        distribution.frechet_distance(a, np.ones((10, 4)))
     with pytest.raises(ValueError, match="at least 2 rows"):
-        metrics.frechet_distance(a[:1], a)
+        distribution.frechet_distance(a[:1], a)
     bad = a.copy()
     bad[2, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        metrics.frechet_distance(a, bad)
+        distribution.frechet_distance(a, bad)
     with pytest.raises(ValueError, match=r"\(m, f\)"):
-        metrics.frechet_distance(np.ones((10, 2, 2)), a)
+        distribution.frechet_distance(np.ones((10, 2, 2)), a)
 
 
 # ---------------------------------------------------------------- KID
@@ -227,7 +227,7 @@ def test_kid_full_set_matches_explicit_formula():
     kxx = sum(k(x[i], x[j]) for i in range(s) for j in range(s) if i != j) / (s * (s - 1))
     kyy = sum(k(y[i], y[j]) for i in range(s) for j in range(s) if i != j) / (s * (s - 1))
     kxy = sum(k(x[i], y[j]) for i in range(s) for j in range(s)) / s ** 2
-    mean, std = metrics.kid(x, y, subsets=3, subset_size=7, seed=1)  # a full subset is a permutation
+    mean, std = distribution.kid(x, y, subsets=3, subset_size=7, seed=1)  # a full subset is a permutation
     assert mean == pytest.approx(kxx + kyy - 2 * kxy, rel=1e-10)
     assert std < 1e-10
 
@@ -235,20 +235,20 @@ def test_kid_full_set_matches_explicit_formula():
 def test_kid_same_vs_shifted_distribution():
     rng = np.random.default_rng(0)
     f1, f2 = rng.normal(size=(1000, 8)), rng.normal(size=(1000, 8))
-    mean, std = metrics.kid(f1, f2, subsets=50, subset_size=100, seed=0)
+    mean, std = distribution.kid(f1, f2, subsets=50, subset_size=100, seed=0)
     assert std > 0 and abs(mean) < std
-    mean_s, std_s = metrics.kid(f1, f2 + 0.5, subsets=50, subset_size=100, seed=0)
+    mean_s, std_s = distribution.kid(f1, f2 + 0.5, subsets=50, subset_size=100, seed=0)
     assert mean_s > 5 * std_s > 0
     # same seed -> same numbers
-    assert metrics.kid(f1, f2, subsets=50, subset_size=100, seed=0) == (mean, std)
+    assert distribution.kid(f1, f2, subsets=50, subset_size=100, seed=0) == (mean, std)
 
 
 def test_kid_bad_inputs():
     a = np.ones((10, 3))
     with pytest.raises(ValueError, match="subset_size"):
-        metrics.kid(a, a, subset_size=11)
+        distribution.kid(a, a, subset_size=11)
     with pytest.raises(ValueError, match="feature dimension"):
-        metrics.kid(a, np.ones((10, 2)))
+        distribution.kid(a, np.ones((10, 2)))
 
 
 # ---------------------------------------------------------------- precision / recall
@@ -264,14 +264,14 @@ def _brute_pr(real, fake, k):
 def test_precision_recall_identities_and_hand_case():
     rng = np.random.default_rng(0)
     real = rng.normal(size=(200, 4)).astype(np.float32)
-    assert metrics.precision_recall(real, real) == dict(precision=1.0, recall=1.0)
-    assert metrics.precision_recall(real, real + 100.0) == dict(precision=0.0, recall=0.0)
+    assert distribution.precision_recall(real, real) == dict(precision=1.0, recall=1.0)
+    assert distribution.precision_recall(real, real + 100.0) == dict(precision=0.0, recall=0.0)
     # 1-D, k = 1: real radii [1, 1, 1, 1]; fake radii [0.3, 0.3, 1, 1].
     # fake 0.5, 0.8 lie within 1 of real 0/1; 6, 7 are > 1 from 3  -> precision 2/4
     # real 1 is within 0.3 of fake 0.8; 0, 2, 3 are outside every fake ball -> recall 1/4
     r = np.array([[0.0], [1.0], [2.0], [3.0]], np.float32)
     f = np.array([[0.5], [0.8], [6.0], [7.0]], np.float32)
-    assert metrics.precision_recall(r, f, k=1, chunk=3) == dict(precision=0.5, recall=0.25)
+    assert distribution.precision_recall(r, f, k=1, chunk=3) == dict(precision=0.5, recall=0.25)
 
 
 @pytest.mark.parametrize("k,chunk", [(3, 2048), (2, 17)])
@@ -281,18 +281,18 @@ def test_precision_recall_matches_brute_force(k, chunk):
     fake = 0.7 * rng.normal(size=(120, 3)) + np.array([0.8, 0.0, 0.0])
     p, r = _brute_pr(real, fake, k)
     assert 0.1 < p < 1.0 and 0.1 < r < 1.0  # a non-trivial case
-    out = metrics.precision_recall(real.astype(np.float32), fake.astype(np.float32), k=k, chunk=chunk)
+    out = distribution.precision_recall(real.astype(np.float32), fake.astype(np.float32), k=k, chunk=chunk)
     assert out["precision"] == pytest.approx(p) and out["recall"] == pytest.approx(r)
 
 
 def test_precision_recall_bad_inputs():
     a = np.ones((10, 3), np.float32)
     with pytest.raises(ValueError, match="more than k"):
-        metrics.precision_recall(a[:3], a, k=3)
+        distribution.precision_recall(a[:3], a, k=3)
     with pytest.raises(ValueError, match="same point shape"):
-        metrics.precision_recall(a, np.ones((10, 2), np.float32))
+        distribution.precision_recall(a, np.ones((10, 2), np.float32))
     with pytest.raises(ValueError, match="k must be"):
-        metrics.precision_recall(a, a, k=0)
+        distribution.precision_recall(a, a, k=0)
 
 
 # ---------------------------------------------------------------- feature extractors, image metrics
@@ -305,38 +305,38 @@ def _digits():
 def test_classifier_extractor_trains_caches_and_reloads(tmp_path):
     images, labels = _digits()
     kw = dict(widths=(32, 64), features=64, steps=300)
-    ext = metrics.get_feature_extractor("classifier", images, labels, str(tmp_path), **kw)
+    ext = features.get_feature_extractor("classifier", images, labels, str(tmp_path), **kw)
     assert ext.name == "classifier" and not ext.info["cached"]
     assert ext.info["test_accuracy"] > 0.9
     meta = json.loads((tmp_path / "feature_net" / "meta.json").read_text())
     assert meta["test_accuracy"] == ext.info["test_accuracy"]
     assert os.path.exists(tmp_path / "feature_net" / "params.msgpack")
-    again = metrics.get_feature_extractor("classifier", images, labels, str(tmp_path), **kw)
+    again = features.get_feature_extractor("classifier", images, labels, str(tmp_path), **kw)
     assert again.info["cached"] and again.info["test_accuracy"] == ext.info["test_accuracy"]
     f1, f2 = ext(images[:300], batch_size=128), again(images[:300], batch_size=128)
     chex.assert_shape(f1, (300, 64))
     np.testing.assert_array_equal(f1, f2)
     with pytest.raises(ValueError, match="different data or settings"):
-        metrics.get_feature_extractor("classifier", images, labels, str(tmp_path), widths=(32, 64),
+        features.get_feature_extractor("classifier", images, labels, str(tmp_path), widths=(32, 64),
                                       steps=301)
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
-        metrics.get_feature_extractor("classifier", images * 16, labels, None, **kw)
+        features.get_feature_extractor("classifier", images * 16, labels, None, **kw)
 
 
 def test_extractor_kinds():
     imgs = np.random.default_rng(0).uniform(-1, 1, size=(5, 4, 4, 3)).astype(np.float32)
-    pix = metrics.get_feature_extractor("pixels")
+    pix = features.get_feature_extractor("pixels")
     np.testing.assert_array_equal(pix(imgs, batch_size=2), imgs.reshape(5, 48))
-    user = metrics.get_feature_extractor(lambda x: np.asarray(x).mean(axis=(1, 2)))
+    user = features.get_feature_extractor(lambda x: np.asarray(x).mean(axis=(1, 2)))
     np.testing.assert_allclose(user(imgs), imgs.mean(axis=(1, 2)), rtol=1e-6)
     with pytest.raises(ValueError, match="needs inception_weights"):
-        metrics.get_feature_extractor("inception")
+        features.get_feature_extractor("inception")
     with pytest.raises(ValueError, match="kind must be"):
-        metrics.get_feature_extractor("vgg")
+        features.get_feature_extractor("vgg")
     with pytest.raises(ValueError, match="needs labelled images"):
-        metrics.get_feature_extractor("classifier")
+        features.get_feature_extractor("classifier")
     with pytest.raises(ValueError, match=r"must return \(b, f\)"):
-        metrics.FeatureExtractor("bad", lambda x: np.zeros(len(x)))(imgs)
+        features.FeatureExtractor("bad", lambda x: np.zeros(len(x)))(imgs)
 
 
 def test_image_metrics_with_user_callable():
@@ -348,15 +348,15 @@ def test_image_metrics_with_user_callable():
     def my_features(x):  # a user-supplied extractor: any callable (b, H, W, C) -> (b, f)
         return np.asarray(x).reshape(len(x), -1)[:, :6] * 2.0
 
-    out = metrics.image_metrics(samples, train, ref, my_features, k=3, kid_subsets=5, kid_subset_size=20)
+    out = images.image_metrics(samples, train, ref, my_features, k=3, kid_subsets=5, kid_subset_size=20)
     assert out["extractor"] == "my_features" and out["n_samples"] == 40 and out["n_ref"] == 50
     assert out["memorization_ratio"] == pytest.approx(
-        metrics.memorization(samples, train)["memorization_ratio"])
+        neighbors.memorization(samples, train)["memorization_ratio"])
     assert out["memorization_ratio"] >= 10 / 40
     fr, ff = my_features(ref), my_features(samples)
-    assert out["fd"] == pytest.approx(metrics.frechet_distance(fr, ff))
-    assert (out["kid_mean"], out["kid_std"]) == pytest.approx(metrics.kid(fr, ff, 5, 20, 0))
-    pr = metrics.precision_recall(fr, ff, 3)
+    assert out["fd"] == pytest.approx(distribution.frechet_distance(fr, ff))
+    assert (out["kid_mean"], out["kid_std"]) == pytest.approx(distribution.kid(fr, ff, 5, 20, 0))
+    pr = distribution.precision_recall(fr, ff, 3)
     assert (out["precision"], out["recall"]) == (pr["precision"], pr["recall"])
     with pytest.raises(ValueError, match="image shape"):
-        metrics.image_metrics(samples[:, :2], train, ref, my_features)
+        images.image_metrics(samples[:, :2], train, ref, my_features)

@@ -1,7 +1,7 @@
 """Two JAX processes on localhost (CPU, gloo collectives) train and sample exactly like one process.
 
 The test runs this file as the program of launch/local_multiprocess.py (2 processes x 2 CPU devices = a global
-mesh of 4 devices); each process calls `diffmem.train.train` unchanged. It then compares the final params and
+mesh of 4 devices); each process calls `diffmem.training.train` unchanged. It then compares the final params and
 the logged losses with a one-process run over the 4 devices of the pytest process, and with one device.
 """
 import os
@@ -34,7 +34,7 @@ def mlp_loss(params, key, batch):
 
 
 def run_train(workdir, devices=None):
-    from diffmem import train as T
+    from diffmem import training as T
     data, params = tiny_problem()
     return T.train(mlp_loss, params, data, T.TrainConfig(**CFG), workdir, key=jax.random.key(5),
                    progress=False, devices=devices)
@@ -42,7 +42,7 @@ def run_train(workdir, devices=None):
 
 def _worker_main(workdir, out):
     """Runs inside each of the launched processes."""
-    from diffmem import train as T
+    from diffmem import training as T
     assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2, (
         jax.process_count(), jax.device_count(), jax.local_device_count())
     state = run_train(workdir)
@@ -59,7 +59,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     mp = np.load(out)
 
-    from diffmem import train as T
+    from diffmem import training as T
     assert jax.device_count() == 4
     one = run_train(str(tmp_path / "one"))
     losses = [r["loss"] for r in T.read_metrics(str(tmp_path / "one"))]
@@ -78,7 +78,7 @@ SAMPLER = dict(num_samples=10, steps=4, batch_size=4)
 
 def tiny_dit_params():
     """A tiny DiT and parameters with every weight perturbed (so the samples depend on them), same on every process."""
-    from diffmem import image_diffusion as idf
+    from diffmem import config as config_lib, image_diffusion as idf
     model = idf.build_model((8, 8, 1), patch=2, hidden=32, depth=1, heads=2)
     params = idf.init_params(model, jax.random.key(0))
     leaves, tree = jax.tree.flatten(params)
@@ -87,8 +87,8 @@ def tiny_dit_params():
 
 
 def run_sample(model, params, devices=None):
-    from diffmem import image_diffusion as idf
-    return idf.sample(model, params, jax.random.key(7), idf.SamplerConfig(**SAMPLER), 1e-3, devices=devices)
+    from diffmem import config as config_lib, image_diffusion as idf
+    return idf.sample(model, params, jax.random.key(7), config_lib.SamplerConfig(**SAMPLER), 1e-3, devices=devices)
 
 
 def _sample_worker(out):

@@ -33,22 +33,22 @@ def test_ode_sampler_matches_closed_form_flow():
                          for i in range(7)])                                   # (7, 3)
     errors = []
     for steps in (100, 200):
-        out = sampling.generate(gaussian_score, key, 7, SHAPE, sampling.time_grid(t0, t1, steps), method="ode",
+        out = sampling.sample(gaussian_score, key, 7, SHAPE, sampling.time_grid(t0, t1, steps), method="ode",
                                 batch_size=4)
         errors.append(np.abs(out - expected).max() / np.abs(expected).max())
     assert errors[1] < 5e-4
     assert 3.5 < errors[0] / errors[1] < 4.5
 
 
-def test_generate_is_data_parallel_and_device_count_free():
+def test_sample_is_data_parallel_and_device_count_free():
     devices = jax.local_devices()
     assert len(devices) == 4, "conftest.py sets 4 fake CPU devices"
     grid = sampling.time_grid(1e-3, 10.0, 20)
     key = jax.random.key(0)
-    four = sampling.generate(gaussian_score, key, 10, SHAPE, grid, batch_size=6)       # 8 + 8 (2 kept)
-    one = sampling.generate(gaussian_score, key, 10, SHAPE, grid, batch_size=6, devices=devices[:1])
+    four = sampling.sample(gaussian_score, key, 10, SHAPE, grid, batch_size=6)       # 8 + 8 (2 kept)
+    one = sampling.sample(gaussian_score, key, 10, SHAPE, grid, batch_size=6, devices=devices[:1])
     np.testing.assert_allclose(four, one, rtol=1e-6, atol=1e-6)
-    part = sampling.generate(gaussian_score, key, 4, SHAPE, grid, batch_size=3, start_index=6)
+    part = sampling.sample(gaussian_score, key, 4, SHAPE, grid, batch_size=3, start_index=6)
     np.testing.assert_allclose(four[6:], part, rtol=1e-6, atol=1e-6)
     assert np.abs(four[0] - four[1]).max() > 0.01
 

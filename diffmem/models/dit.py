@@ -17,10 +17,10 @@ are the transposed torch weights, so official checkpoints map one-to-one):
   * final layer: adaLN (2 vectors, zero-init) + zero-initialised linear, then unpatchify;
   * every other Dense is Xavier-uniform with zero bias (DiT's `_basic_init`).
 
-Additions for pruning (PAPER.md section 4, Algorithms 1 and 2): attention is written out (einsum + softmax) so a
-gate `head_mask[l, h]` multiplies the output of head h of block l exactly, before the output projection; the
-gradient w.r.t. `head_mask` at all-ones is the importance signal of Algorithm 2. `remove_heads` slices the heads
-with gate 0 out of the weights and returns a smaller model (per-layer head counts) with the same outputs.
+Additions for pruning (arXiv 2511.03202, Section 6.2, Algorithms 1 and 2): attention is written out (einsum +
+softmax) so a gate `head_mask[l, h]` multiplies the output of head h of block l exactly, before the output
+projection; the gradient w.r.t. `head_mask` at all-ones is the importance signal of Algorithm 2. A model may have
+different head counts per block (`heads` a tuple): what `diffmem.pruning.remove_heads` returns.
 
 At init the model is the zero function and every block is the identity (adaLN-Zero).
 """
@@ -61,6 +61,13 @@ def dit_kwargs(name: str) -> dict[str, int]:
     if name not in DIT_CONFIGS:
         raise ValueError(f"DiT config name must be one of {sorted(DIT_CONFIGS)}, got {name!r}")
     return dict(DIT_CONFIGS[name])
+
+
+def variables(params) -> dict:
+    """The flax variables dict {'params': ...} from either it or the bare 'params' collection of a DiT."""
+    if isinstance(params, dict) and "params" in params and "x_embedder" not in params:
+        return params
+    return {"params": params}
 
 
 def count_params(params) -> int:
@@ -392,91 +399,3 @@ def _check_labels(y: Array, num_classes: int) -> None:
         return  # traced: checked by the caller at the boundary
     if lo < 0 or hi > num_classes:
         raise ValueError(f"y must be in [0, {num_classes}] ({num_classes} = null label), got [{lo}, {hi}]")
-
-
-# ---------------------------------------------------------------- head surgery
-
-def head_valid_mask(model: DiT) -> np.ndarray:
-    """(depth, max_heads) bool: True where block l really has head h (False on the padding of pruned models)."""
-    counts = model.head_counts
-    mh = max(counts, default=0)
-    return np.arange(mh)[None, :] < np.asarray(counts)[:, None]
-
-
-def head_output_slices(model: DiT) -> list[list[slice]]:
-    """slices[l][h]: the rows of `blocks_l/attn/proj/kernel` (and the entries of the attention output before
-    `proj`) that belong to head h of block l."""
-    dh = model.resolved_head_dim
-    return [[slice(h * dh, (h + 1) * dh) for h in range(c)] for c in model.head_counts]
-
-
-def head_proj_norms(model: DiT, params) -> Array:
-    """(depth, max_heads) Frobenius norms of each head's rows of the attention output projection kernel.
-
-    Padding entries (heads a pruned block does not have) are NaN. `params` may be the 'params' collection
-    or the whole variables dict.
-    """
-    params = _unwrap(params)
-    counts, dh = model.head_counts, model.resolved_head_dim
-    mh = max(counts, default=0)
-    rows = []
-    for l, c in enumerate(counts):
-        norms = jnp.zeros((0,), jnp.float32)
-        if c:
-            w = params[f"blocks_{l}"]["attn"]["proj"]["kernel"].reshape(c, dh, model.hidden)
-            norms = jnp.sqrt(jnp.sum(jnp.square(w.astype(jnp.float32)), axis=(1, 2)))  # (c,)
-        rows.append(jnp.concatenate([norms, jnp.full((mh - c,), jnp.nan, jnp.float32)]))
-    return jnp.stack(rows) if rows else jnp.zeros((0, mh), jnp.float32)
-
-
-def remove_heads(model: DiT, params, head_mask) -> tuple[DiT, Any]:
-    """Physically removes the heads whose gate is 0.
-
-    Args: model; params ('params' collection or variables dict, returned in the same form); head_mask
-    (depth, max_heads) concrete array of exact 0/1 (row l: first head_counts[l] entries used).
-    Returns (smaller DiT with per-layer heads and explicit head_dim, its params); its outputs equal
-    `model.apply(params, ..., head_mask=head_mask)`. A block with no heads left keeps only the projection bias.
-    """
-    counts, dh = model.head_counts, model.resolved_head_dim
-    mh = max(counts, default=0)
-    try:
-        mask = np.asarray(jax.device_get(head_mask), np.float64)
-    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError) as e:
-        raise ValueError("head_mask must be a concrete array for remove_heads (not traced)") from e
-    if mask.shape != (model.depth, mh):
-        raise ValueError(f"head_mask must have shape (depth, max_heads) = {(model.depth, mh)}, got {mask.shape}")
-    wrapped = _is_variables(params)
-    p = _unwrap(params)
-    new = dict(p)
-    new_counts = []
-    for l, c in enumerate(counts):
-        m = mask[l, :c]
-        if not np.all((m == 0) | (m == 1)):
-            raise ValueError(f"head_mask entries must be exactly 0 or 1 for remove_heads; row {l} has "
-                             f"{m[(m != 0) & (m != 1)][:4].tolist()}")
-        keep = np.flatnonzero(m == 1)
-        new_counts.append(len(keep))
-        if len(keep) == c:
-            continue
-        attn = p[f"blocks_{l}"]["attn"]
-        if len(keep) == 0:
-            new_attn = {"proj": {"bias": attn["proj"]["bias"]}}
-        else:
-            k = len(keep)
-            qkv_k = attn["qkv"]["kernel"].reshape(model.hidden, 3, c, dh)[:, :, keep].reshape(model.hidden, 3 * k * dh)
-            qkv_b = attn["qkv"]["bias"].reshape(3, c, dh)[:, keep].reshape(3 * k * dh)
-            proj_k = attn["proj"]["kernel"].reshape(c, dh, model.hidden)[keep].reshape(k * dh, model.hidden)
-            new_attn = {"qkv": {"kernel": qkv_k, "bias": qkv_b},
-                        "proj": {"kernel": proj_k, "bias": attn["proj"]["bias"]}}
-        new[f"blocks_{l}"] = {**p[f"blocks_{l}"], "attn": new_attn}
-    new_model = model.clone(heads=tuple(new_counts), head_dim=dh)
-    return new_model, ({**params, "params": new} if wrapped else new)
-
-
-def _is_variables(tree) -> bool:
-    """True for a variables dict {'params': ..., other collections} rather than the params collection."""
-    return isinstance(tree, dict) and "params" in tree and "x_embedder" not in tree
-
-
-def _unwrap(params):
-    return params["params"] if _is_variables(params) else params

@@ -1,4 +1,4 @@
-"""InceptionV3 pool features for FD / KID / precision-recall (PAPER.md section 6.2 reports FID), from user weights.
+"""InceptionV3 pool features for FD / KID / precision-recall (Table 1 of arXiv 2511.03202 reports FID), from user weights.
 
 The network is Keras 3's `keras.applications.InceptionV3` run on the JAX backend (a maintained implementation,
 not a re-write): its 2048-d global average pool after the last Inception block, the 'pool_3' features of
@@ -15,7 +15,7 @@ Caveat for comparisons with published FIDs: those use the 2015-12-05 TensorFlow 
 pytorch-fid, clean-fid), whose last block max-pools where Keras's average-pools and whose weights differ from
 Keras's ImageNet weights. FD on these features is comparable across runs with the same weights file (results
 record its SHA-1), not to the numbers of other papers. For those, pass your own extractor (a callable
-images -> (b, 2048)) to `metrics.get_feature_extractor`.
+images -> (b, 2048)) to `diffmem.eval.features.get_feature_extractor`.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 
-from diffmem import metrics
+from diffmem.eval.features.base import FeatureExtractor
 
 Array = jax.Array
 RESOLUTION = 299          # InceptionV3's input size
@@ -102,7 +102,7 @@ def build_pool_model(weights: str):
                      "saved by Keras for keras.applications.InceptionV3. Errors: " + " | ".join(errors))
 
 
-def inception_extractor(weights: str) -> metrics.FeatureExtractor:
+def inception_extractor(weights: str) -> FeatureExtractor:
     """FeatureExtractor images (b, H, W, C) in [-1, 1] -> InceptionV3 pool_3 features (b, 2048).
 
     The forward pass is one jit-compiled pure function of (weights, images) (Keras `stateless_call`), compiled
@@ -131,5 +131,5 @@ def inception_extractor(weights: str) -> metrics.FeatureExtractor:
     keras = import_keras()
     info = dict(weights=path, weights_sha1=sha1, include_top_file=include_top, resolution=RESOLUTION,
                 implementation=f"keras {keras.__version__} applications.InceptionV3 (jax backend)")
-    return metrics.FeatureExtractor(f"inception_v3:{sha1[:12]}", fn, info)
+    return FeatureExtractor(f"inception_v3:{sha1[:12]}", fn, info)
 

@@ -1,4 +1,4 @@
-"""Attention-head pruning of a DiT (PAPER.md section 4, CIFAR-10 DiT pruning; Algorithms 1 and 2).
+"""Head importance of a DiT (arXiv 2511.03202, Section 6.2, Algorithm 2) and the loss of candidate masks.
 
 Algorithm 2 (head importance, after Michel et al. 2019 / Liang et al. 2021): put a gate xi_h = 1 on the output of
 every head (`DiT(..., head_mask=xi)`); over B batches x ~ D with ONE unit time u per batch,
@@ -8,19 +8,12 @@ x_t = alpha_t x0 + sigma_t eps and t = sde.ddpm_time(u) (the DDPM linear schedul
 Time mapping (the paper only says "t ~ Beta(0.8, 2) on [0, 1]"): the Beta draw is the DDPM unit time u (u = 1 is
 DDPM step 1000), so Beta(0.8, 2) puts its mass at small diffusion times; Beta(2, 0.8) is the large-t mirror.
 
-Algorithm 1 (one-shot pruning): remove the floor(eta H) heads of LOWEST importance ranked globally over all layers,
-then fine-tune with the ordinary loss (`make_masked_apply` + `losses.make_eps_loss`), and `export_pruned` slices the
-removed heads out of the weights. Baselines: `random_mask` (same count), `magnitude_scores` (output-projection norms).
-
 Randomness: batch i uses key_i = fold_in(key, i) (`draw_batch`); inside a batch, example j draws its data index,
 noise (and, for per-example times, its u) from fold_in(., j), so batch content never depends on the device count.
 Multi-device: `head_importance` shards every batch over a 1-D mesh (jit + NamedSharding, gradient of the batch-mean
 loss, so the value is the single-device one); `importance_many` / `evaluate_masks` map time distributions / masks
 over the devices with shard_map.
-
-Masks are (depth, max_heads) float 0/1 arrays (1 = keep); on a model pruned unevenly, the padding entries (heads a
-block does not have, see `dit.head_valid_mask`) are never used by the model; masks built here set them to 1 and
-scores built here set them to NaN.
+Scores are (depth, max_heads), NaN on the padding entries of an unevenly pruned model (`surgery.head_valid_mask`).
 """
 from __future__ import annotations
 
@@ -35,13 +28,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffmem import sde
-from diffmem.models import dit as dit_lib
+from diffmem.models.dit import DiT
+from diffmem.pruning.surgery import check_mask, head_valid_mask, variables
 
 Array = jax.Array
 TIME_DISTS = ("uniform", "beta")
 
-
-# ---------------------------------------------------------------- time distributions and batches
 
 @dataclasses.dataclass(frozen=True)
 class TimeDist:
@@ -127,17 +119,15 @@ def _draw_fn(batch_size, td, per_example_time, has_labels):
                                                      (td,), 0, per_example_time))
 
 
-def batch_loss(model: dit_lib.DiT, params, batch: dict, head_mask: Array,
+def batch_loss(model: DiT, params, batch: dict, head_mask: Array,
                time_change: Callable[[Array], Array] = sde.ddpm_time) -> Array:
     """Epsilon loss mean_{b, pixels} (eps_hat(x_t, u; head_mask) - eps)^2 with x_t = alpha_t x0 + sigma_t eps,
     t = time_change(u) (same loss as `losses.make_eps_loss`, on the given draws). Differentiable in head_mask."""
     t = time_change(batch["u"])[:, None, None, None]                                 # (b, 1, 1, 1)
     x_t = sde.alpha(t) * batch["x0"] + sde.sigma(t) * batch["eps"]                    # (b, H, W, C)
-    out = model.apply(_variables(params), x_t, batch["u"], batch["y"], head_mask=head_mask)
+    out = model.apply(variables(params), x_t, batch["u"], batch["y"], head_mask=head_mask)
     return jnp.mean(jnp.square(out[..., :model.channels] - batch["eps"]))
 
-
-# ---------------------------------------------------------------- Algorithm 2: importance scores
 
 def _raw_scores(model, params, images, labels, key, which, *, tds, num_batches, batch_size, time_change,
                 constrain=lambda b: b) -> Array:
@@ -179,7 +169,7 @@ def _importance_fn(model, tds, num_batches, batch_size, time_change, has_labels,
     return jax.jit(fn, out_shardings=NamedSharding(mesh, P()))
 
 
-def head_importance(model: dit_lib.DiT, params, images, key: Array, *, num_batches: int, batch_size: int,
+def head_importance(model: DiT, params, images, key: Array, *, num_batches: int, batch_size: int,
                     time_dist: str = "beta", a: float = 0.8, b: float = 2.0, u_min: float = 0.0, labels=None,
                     mesh: Optional[Mesh] = None,
                     time_change: Callable[[Array], Array] = sde.ddpm_time) -> dict[str, Array]:
@@ -200,7 +190,7 @@ def head_importance(model: dit_lib.DiT, params, images, key: Array, *, num_batch
                          f"({mesh.size}): each batch is split evenly over the mesh")
     fn = _importance_fn(model, (TimeDist(time_dist, a, b, u_min),), num_batches, batch_size, time_change,
                         labels is not None, mesh)
-    args = jax.device_put((_variables(params), images, _labels_or_dummy(labels, images), key),
+    args = jax.device_put((variables(params), images, _labels_or_dummy(labels, images), key),
                           NamedSharding(mesh, P()))
     raw = _nan_padding(fn(*args), model)
     return {"raw": raw, "importance": normalize_per_layer(raw)}
@@ -220,7 +210,7 @@ def _importance_many_fn(model, tds, num_batches, batch_size, time_change, has_la
     return jax.jit(mapped)
 
 
-def importance_many(model: dit_lib.DiT, params, images, key: Array, time_dists: Sequence, *, num_batches: int,
+def importance_many(model: DiT, params, images, key: Array, time_dists: Sequence, *, num_batches: int,
                     batch_size: int, labels=None, mesh: Optional[Mesh] = None,
                     time_change: Callable[[Array], Array] = sde.ddpm_time) -> dict[str, Array]:
     """`head_importance` for several time distributions at once, mapped over the devices (shard_map).
@@ -238,13 +228,11 @@ def importance_many(model: dit_lib.DiT, params, images, key: Array, time_dists: 
     which = _pad_to(np.arange(len(tds), dtype=np.int32), mesh.size)                  # (L_pad,)
     fn = _importance_many_fn(model, tds, num_batches, batch_size, time_change, labels is not None, mesh)
     rep = NamedSharding(mesh, P())
-    args = jax.device_put((_variables(params), images, _labels_or_dummy(labels, images), key), rep)
+    args = jax.device_put((variables(params), images, _labels_or_dummy(labels, images), key), rep)
     raw = fn(*args, jax.device_put(which, NamedSharding(mesh, P(mesh.axis_names[0]))))[:len(tds)]
     raw = jax.vmap(lambda s: _nan_padding(s, model))(raw)
     return {"raw": raw, "importance": jax.vmap(normalize_per_layer)(raw)}
 
-
-# ---------------------------------------------------------------- evaluating candidate masks
 
 @functools.lru_cache(maxsize=64)
 def _evaluate_masks_fn(model, td, num_batches, batch_size, time_change, per_example_time, has_labels, mesh):
@@ -260,7 +248,7 @@ def _evaluate_masks_fn(model, td, num_batches, batch_size, time_change, per_exam
     return jax.jit(mapped)
 
 
-def evaluate_masks(model: dit_lib.DiT, params, images, key: Array, masks, *, num_batches: int, batch_size: int,
+def evaluate_masks(model: DiT, params, images, key: Array, masks, *, num_batches: int, batch_size: int,
                    time_dist: str = "uniform", a: float = 0.8, b: float = 2.0, u_min: float = 0.0,
                    per_example_time: bool = True, labels=None, mesh: Optional[Mesh] = None,
                    time_change: Callable[[Array], Array] = sde.ddpm_time) -> Array:
@@ -284,11 +272,9 @@ def evaluate_masks(model: dit_lib.DiT, params, images, key: Array, masks, *, num
     fn = _evaluate_masks_fn(model, TimeDist(time_dist, a, b, u_min), num_batches, batch_size, time_change,
                             per_example_time, labels is not None, mesh)
     rep = NamedSharding(mesh, P())
-    args = jax.device_put((_variables(params), images, _labels_or_dummy(labels, images), key), rep)
+    args = jax.device_put((variables(params), images, _labels_or_dummy(labels, images), key), rep)
     return fn(*args, jax.device_put(m_pad, NamedSharding(mesh, P(mesh.axis_names[0]))))[:masks.shape[0]]
 
-
-# ---------------------------------------------------------------- scores -> masks (Algorithm 1)
 
 def normalize_per_layer(scores: Array) -> Array:
     """I(h) = S(h) / sqrt(sum_{h' in layer} S(h')^2) row by row (Algorithm 2); NaN entries (padding) are left
@@ -298,161 +284,6 @@ def normalize_per_layer(scores: Array) -> Array:
         raise ValueError(f"scores must have shape (depth, max_heads), got {s.shape}")
     norm = jnp.sqrt(jnp.nansum(jnp.square(s), axis=1, keepdims=True))                # (depth, 1)
     return jnp.where(norm > 0, s / jnp.where(norm > 0, norm, 1.0), s)
-
-
-def global_rank(importance, valid=None) -> np.ndarray:
-    """Rank of every head over all layers, 0 = lowest importance (pruned first); -1 on invalid entries.
-
-    valid (depth, max_heads) bool, default: the non-NaN entries. Ties are broken by a stable sort in row-major
-    (layer, head) order: among equal scores the head of the lower layer, then the lower head index, ranks lower.
-    """
-    imp, valid = _scores_and_valid(importance, valid)
-    flat, vflat = imp.reshape(-1), valid.reshape(-1)
-    pos = np.flatnonzero(vflat)                                                      # valid flat positions
-    order = pos[np.argsort(flat[pos], kind="stable")]
-    rank = np.full(flat.shape, -1, np.int64)
-    rank[order] = np.arange(order.size)
-    return rank.reshape(imp.shape)
-
-
-def num_pruned(eta: float, num_heads: int) -> int:
-    """floor(eta * H) for 0 <= eta < 1 (1e-9 slack so that e.g. 0.29 * 100 gives 29, not 28)."""
-    _check_eta(eta)
-    return int(math.floor(eta * num_heads + 1e-9))
-
-
-def prune_mask(importance, eta: float, *, keep_one_per_layer: bool = False, valid=None) -> np.ndarray:
-    """Algorithm 1: (depth, max_heads) float32 0/1 mask removing the floor(eta H) lowest-ranked valid heads.
-
-    Ranking by `global_rank` (stable ties). H = number of valid heads (default: non-NaN importance entries);
-    invalid entries are set to 1 (they are never used). keep_one_per_layer: a head whose removal would leave its
-    layer with no head is skipped and the next lowest is taken instead. eta must be in [0, 1); eta = 0 keeps all.
-    """
-    imp, valid = _scores_and_valid(importance, valid)
-    k = num_pruned(eta, int(valid.sum()))
-    rank = global_rank(imp, valid)
-    order = np.argsort(np.where(valid, rank, np.iinfo(np.int64).max).reshape(-1), kind="stable")[:int(valid.sum())]
-    mask = np.ones(imp.shape, np.float32)
-    left = valid.sum(axis=1)                                                         # heads left per layer
-    removed = 0
-    for f in order:
-        if removed == k:
-            break
-        l, h = divmod(int(f), imp.shape[1])
-        if keep_one_per_layer and left[l] == 1:
-            continue
-        mask[l, h], left[l], removed = 0.0, left[l] - 1, removed + 1
-    if removed < k:
-        raise ValueError(f"eta={eta} asks to remove {k} of {int(valid.sum())} heads, but keep_one_per_layer "
-                         f"allows at most {removed} (one head must stay in each of {int((valid.sum(1) > 0).sum())} "
-                         f"layers)")
-    return mask
-
-
-def random_mask(key: Array, depth: int, heads: int, eta: float, *, keep_one_per_layer: bool = False,
-                valid=None) -> np.ndarray:
-    """Random-pruning baseline: the same number floor(eta H) of heads as `prune_mask`, chosen uniformly at random
-    (i.i.d. U(0, 1) scores from `key` ranked by `prune_mask`). Seeded: the same key gives the same mask."""
-    _check_pos_int("depth", depth)
-    _check_pos_int("heads", heads)
-    scores = np.asarray(jax.random.uniform(key, (depth, heads)))
-    if valid is not None:
-        valid = np.asarray(valid, bool)
-        if valid.shape != (depth, heads):
-            raise ValueError(f"valid must have shape (depth, heads) = {(depth, heads)}, got {valid.shape}")
-    return prune_mask(scores, eta, keep_one_per_layer=keep_one_per_layer, valid=valid)
-
-
-def magnitude_scores(model: dit_lib.DiT, params) -> Array:
-    """Magnitude baseline: Frobenius norm of each head's rows of the attention output projection
-    (`dit.head_proj_norms`; NaN on padding heads)."""
-    return dit_lib.head_proj_norms(model, params)
-
-
-def one_shot_mask(model: dit_lib.DiT, params, images, key: Array, eta: float, *, keep_one_per_layer: bool = False,
-                  **importance_kw) -> dict[str, Any]:
-    """Algorithm 1 up to fine-tuning: importance scores (Algorithm 2, `head_importance(**importance_kw)`), then
-    the global prune mask. Returns dict(mask, raw, importance)."""
-    out = head_importance(model, params, images, key, **importance_kw)
-    mask = prune_mask(out["importance"], eta, keep_one_per_layer=keep_one_per_layer,
-                      valid=dit_lib.head_valid_mask(model))
-    return {"mask": mask, **out}
-
-
-# ---------------------------------------------------------------- using a mask
-
-def check_mask(mask, model: dit_lib.DiT) -> np.ndarray:
-    """Validates a head mask: shape (depth, max_heads), entries exactly 0 or 1. Returns it as float32 numpy."""
-    shape = (model.depth, model.max_heads)
-    try:
-        m = np.asarray(jax.device_get(mask), np.float64)
-    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError) as e:
-        raise ValueError("head_mask must be a concrete array (not traced)") from e
-    if m.shape != shape:
-        raise ValueError(f"head_mask must have shape (depth, max_heads) = {shape}, got {m.shape}")
-    bad = m[(m != 0) & (m != 1)]
-    if bad.size:
-        raise ValueError(f"head_mask entries must be exactly 0 or 1, got {bad[:4].tolist()}")
-    return m.astype(np.float32)
-
-
-@functools.lru_cache(maxsize=64)
-def jitted_apply(model: dit_lib.DiT) -> Callable[..., Array]:
-    """jax.jit of model.apply(variables, x, u, y=None, head_mask=None), cached per model (one compile per model
-    and input structure, shared by `make_masked_apply` and `export_pruned`)."""
-    def apply(variables, x, u, y=None, head_mask=None):
-        return model.apply(variables, x, u, y, head_mask=head_mask)
-    return jax.jit(apply)
-
-
-def make_masked_apply(model: dit_lib.DiT, mask, labels=None) -> Callable[..., Array]:
-    """apply(params, x, u, y=labels) -> eps_hat (b, H, W, C) of the model gated by a FIXED mask.
-
-    Plugs into `losses.make_eps_loss` to fine-tune the pruned model (Algorithm 1). labels: None (null label /
-    unconditional), an int class for every example, or a (b,) array. With learn_sigma only the eps channels
-    are returned.
-    """
-    m = jnp.asarray(check_mask(mask, model))
-
-    def apply(params, x, u, y=labels):
-        if y is not None and np.ndim(y) == 0:
-            y = jnp.full((x.shape[0],), y, jnp.int32)
-        out = jitted_apply(model)(_variables(params), x, u, y, head_mask=m)
-        return out[..., :model.channels]
-    return apply
-
-
-def export_pruned(model: dit_lib.DiT, params, mask, *, check_batch: int = 2, rtol: float = 1e-4,
-                  seed: int = 0) -> tuple[dit_lib.DiT, Any]:
-    """Physically removes the masked heads (`dit.remove_heads`) -> (smaller DiT, its params).
-
-    Checks that the small model's outputs equal the masked model's on `check_batch` random inputs (numpy seed
-    `seed`), to |diff| <= rtol (1 + max |out|); raises RuntimeError otherwise. check_batch=0 skips the check.
-    """
-    mask = check_mask(mask, model)
-    small, small_params = dit_lib.remove_heads(model, params, mask)
-    if check_batch:
-        rng = np.random.default_rng(seed)
-        s, c = model.image_size, model.channels
-        x = jnp.asarray(rng.standard_normal((check_batch, s, s, c)), jnp.float32)
-        u = jnp.asarray(rng.uniform(size=(check_batch,)), jnp.float32)
-        y = (jnp.asarray(rng.integers(0, model.num_classes + 1, (check_batch,)), jnp.int32)
-             if model.num_classes else None)
-        ref = jitted_apply(model)(_variables(params), x, u, y, head_mask=jnp.asarray(mask))
-        out = jitted_apply(small)(_variables(small_params), x, u, y)
-        err = float(jnp.max(jnp.abs(out - ref)))
-        tol = rtol * (1.0 + float(jnp.max(jnp.abs(ref))))
-        if not err <= tol:
-            raise RuntimeError(f"export_pruned: the exported model differs from the masked model by {err:.3g} "
-                               f"(> {tol:.3g})")
-    return small, small_params
-
-
-# ---------------------------------------------------------------- helpers
-
-def _variables(params):
-    return params if isinstance(params, dict) and "params" in params and "x_embedder" not in params \
-        else {"params": params}
 
 
 def _mesh(mesh: Optional[Mesh]) -> Mesh:
@@ -477,12 +308,7 @@ def _check_pos_int(name: str, v) -> None:
         raise ValueError(f"{name} must be a positive int, got {v!r}")
 
 
-def _check_eta(eta) -> None:
-    if not (_is_real(eta) and 0.0 <= eta < 1.0):
-        raise ValueError(f"eta (fraction of heads to prune) must be in [0, 1), got {eta!r}")
-
-
-def _check_data(images, labels, model: Optional[dit_lib.DiT] = None):
+def _check_data(images, labels, model: Optional[DiT] = None):
     images = jnp.asarray(images)
     if not jnp.issubdtype(images.dtype, jnp.floating):
         images = images.astype(jnp.float32)
@@ -507,20 +333,5 @@ def _labels_or_dummy(labels, images):
     return jnp.zeros(images.shape[:1], jnp.int32) if labels is None else labels
 
 
-def _nan_padding(s: Array, model: dit_lib.DiT) -> Array:
-    return jnp.where(jnp.asarray(dit_lib.head_valid_mask(model)), s, jnp.nan)
-
-
-def _scores_and_valid(scores, valid) -> tuple[np.ndarray, np.ndarray]:
-    s = np.asarray(jax.device_get(scores), np.float64)
-    if s.ndim != 2:
-        raise ValueError(f"importance must have shape (depth, max_heads), got {s.shape}")
-    if valid is None:
-        valid = ~np.isnan(s)
-    else:
-        valid = np.asarray(valid, bool)
-        if valid.shape != s.shape:
-            raise ValueError(f"valid must have the shape of importance {s.shape}, got {valid.shape}")
-    if np.any(np.isnan(s[valid])):
-        raise ValueError("importance has NaN on valid heads (NaN is allowed only where valid is False)")
-    return s, valid
+def _nan_padding(s: Array, model: DiT) -> Array:
+    return jnp.where(jnp.asarray(head_valid_mask(model)), s, jnp.nan)

@@ -4,6 +4,9 @@ Thin absl entry (flax/examples style): sets up the runtime (jax.distributed when
 logs the devices and processes, parses and locks the config, then hands it to the experiment named by
 `config.experiment` (diffmem.experiments).
 """
+import os
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -26,5 +29,16 @@ def main(argv):
     experiments.run(FLAGS.config, FLAGS.workdir)
 
 
+def _config_root_on_path(argv) -> None:
+    """Config files import their shared sections (`from configs import common`): put the folder that holds the
+    config's folder on sys.path, so a run from outside the repository root finds it too."""
+    for a in argv[1:]:
+        if a.startswith("--config="):
+            root = os.path.dirname(os.path.dirname(os.path.abspath(a.split("=", 1)[1].split(":", 1)[0])))
+            if root not in sys.path:
+                sys.path.insert(0, root)
+
+
 if __name__ == "__main__":
+    _config_root_on_path(sys.argv)
     app.run(main)

@@ -194,6 +194,10 @@ def parse(cls: type, section: Any, path: Optional[str], **fixed):
     """The `cls` section from a ConfigDict / dict at config.<path>; `fixed` values are set by the program (e.g. a
     seed from the top level). Errors name config.<path>.<field> (or <cls>.<field> when path is None)."""
     owner = cls.__name__ if path is None else ("config" if path == "" else f"config.{path}")
+    nested: dict[str, dict] = {}
+    for k in [k for k in fixed if "." in k]:          # "train.seed": a value fixed inside a nested section
+        head, _, rest = k.partition(".")
+        nested.setdefault(head, {})[rest] = fixed.pop(k)
     if section is None:
         raise ValueError(f"{owner} is missing; expected a section with keys {list(cls.keys())}")
     d = _as_dict(section)
@@ -210,7 +214,8 @@ def parse(cls: type, section: Any, path: Optional[str], **fixed):
             tp = hints[f.name]
             sub = d[f.name]
             if isinstance(tp, type) and issubclass(tp, Schema):
-                sub = parse(tp, sub, None if path is None else (f"{path}.{f.name}" if path else f.name))
+                sub = parse(tp, sub, None if path is None else (f"{path}.{f.name}" if path else f.name),
+                            **nested.get(f.name, {}))
             values[f.name] = sub
         elif f.default is _MISSING:
             raise ValueError(f"{owner} is missing key {f.name!r} (accepted keys: {accepted})")
@@ -220,6 +225,25 @@ def parse(cls: type, section: Any, path: Optional[str], **fixed):
         if path is None:
             raise
         raise ValueError(_join(owner, e.field, e.problem)) from None
+
+
+def seed_of(config) -> int:
+    """config.seed, validated (it is also fixed into nested sections such as config.train)."""
+    seed = _as_dict(config).get("seed", 0)
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f"config.seed must be an int >= 0, got {seed!r}")
+    return int(seed)
+
+
+def parse_config(cls: type, config, **fixed):
+    """A whole experiment config (top-level fields and nested Schema sections) as `cls`; config.seed is fixed into
+    every nested TrainConfig (its seed is the run's seed, not a config field of the section)."""
+    seed = seed_of(config)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if hints[f.name] is TrainConfig:
+            fixed.setdefault(f"{f.name}.seed", seed)
+    return parse(cls, config, "", **fixed)
 
 
 def check_top_level(config, accepted) -> None:
@@ -286,6 +310,24 @@ class SamplerConfig(Schema):
     denoise: bool = field(True)
     use_ema: bool = field(True)
     spacing: str = field("ddpm", choices=GRID_SPACINGS)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDataConfig(Schema):
+    """Training images (config.data): diffmem.data.load_images(name, n, seed), a seeded random subset; data_dir is
+    the TFDS data directory ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)."""
+    name: str = field("digits")
+    seed: int = field(0, min=0)
+    data_dir: str = field("")
+
+    def check(self):
+        from diffmem import data
+        if not self.name:
+            raise self.fail("name", f"must be a non-empty str, one of {', '.join(data.ACCEPTED_NAMES)}; got ''")
+
+    @property
+    def directory(self):
+        return self.data_dir or None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from diffmem import data
+from diffmem import data, plots
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -338,7 +338,7 @@ def test_to_device():
 def test_save_image_grid(tmp_path):
     imgs = np.stack([np.full((2, 3, 1), -1.0), np.full((2, 3, 1), 1.0), np.full((2, 3, 1), 0.0)])
     path = tmp_path / "sub" / "grid.png"
-    canvas = data.save_image_grid(path, imgs, ncols=2, scale=2, pad=1, highlight=np.array([False, True, False]))
+    canvas = plots.save_image_grid(path, imgs, ncols=2, scale=2, pad=1, highlight=np.array([False, True, False]))
     png = matplotlib.image.imread(path)[..., :3]
     assert png.shape == (2 * (4 + 1) + 1, 2 * (6 + 1) + 1, 3)
     np.testing.assert_allclose(png, canvas, atol=1 / 255)
@@ -349,16 +349,16 @@ def test_save_image_grid(tmp_path):
     np.testing.assert_allclose(png[0, 7:15], np.tile([1.0, 0.0, 0.0], (8, 1)))  # red frame of image 1
     np.testing.assert_allclose(png[0, 0], 1.0)  # no frame on image 0
     with pytest.raises(ValueError, match="NaN"):
-        data.save_image_grid(path, np.full((1, 2, 2, 3), np.nan), ncols=1)
+        plots.save_image_grid(path, np.full((1, 2, 2, 3), np.nan), ncols=1)
     with pytest.raises(ValueError, match="C in"):
-        data.save_image_grid(path, np.zeros((1, 2, 2, 2)), ncols=1)
+        plots.save_image_grid(path, np.zeros((1, 2, 2, 2)), ncols=1)
 
 
 def test_pair_grid(tmp_path):
     samples = np.stack([np.full((2, 2, 3), v) for v in (-1.0, 0.0, 1.0)])  # (3, 2, 2, 3)
     neighbours = -samples
     path = tmp_path / "pairs.png"
-    data.pair_grid(path, samples, neighbours, ncols=2, scale=1, pad=1)
+    plots.pair_grid(path, samples, neighbours, ncols=2, scale=1, pad=1)
     png = matplotlib.image.imread(path)[..., :3]
     # 2 blocks of (sample row, neighbour row), 2 columns: 4 rows of 2-pixel cells.
     assert png.shape == (4 * 3 + 1, 2 * 3 + 1, 3)
@@ -369,6 +369,6 @@ def test_pair_grid(tmp_path):
     np.testing.assert_allclose(cell(2, 0), 1.0)  # sample 2 (second block)
     np.testing.assert_allclose(cell(3, 0), 0.0)  # its neighbour
     k2 = np.stack([neighbours, samples], axis=1)  # (3, 2, 2, 2, 3): two neighbours each
-    assert data.pair_grid(path, samples, k2, ncols=3, scale=1, pad=1).shape == (3 * 3 + 1, 3 * 3 + 1, 3)
+    assert plots.pair_grid(path, samples, k2, ncols=3, scale=1, pad=1).shape == (3 * 3 + 1, 3 * 3 + 1, 3)
     with pytest.raises(ValueError, match="neighbours"):
-        data.pair_grid(path, samples, neighbours[:2], ncols=2)
+        plots.pair_grid(path, samples, neighbours[:2], ncols=2)

@@ -11,7 +11,8 @@ import pytest
 
 from configs import train_dit as config_module
 from diffmem import data as data_lib
-from diffmem import experiments, image_diffusion as idf, losses, sampling, sde
+from diffmem import experiments, image_diffusion as idf, losses, sampling, sde, training
+from diffmem.config import SamplerConfig
 from diffmem.experiments import train_dit
 
 
@@ -94,10 +95,10 @@ def test_time_range_and_grid():
 def test_empirical_optimum_loss_single_image_is_zero():
     """With one training image the empirical score is the conditional score, so eps_hat = eps exactly."""
     x = np.random.default_rng(0).uniform(-1, 1, (1, 8, 8, 1)).astype(np.float32)
-    out = idf.empirical_optimum_loss(x, U_MIN, jax.random.key(0), num_queries=64)
+    out = losses.empirical_eps_loss(x, U_MIN, jax.random.key(0), num_queries=64)
     assert out["loss"] < 1e-6 and out["num_queries"] == 64
     two = np.concatenate([x, -x])  # two images: exact at small t, but at larger t the posterior is split
-    out2 = idf.empirical_optimum_loss(two, U_MIN, jax.random.key(0), num_queries=256)
+    out2 = losses.empirical_eps_loss(two, U_MIN, jax.random.key(0), num_queries=256)
     assert out2["loss_bin0"] < 1e-8 and out2["loss"] > 1e-4
 
 
@@ -113,7 +114,7 @@ def test_zero_model_sde_sampler_closed_form():
     params = idf.init_params(model, jax.random.key(0))
     key = jax.random.key(11)
     m = 16
-    out = idf.sample(model, params, key, idf.SamplerConfig(num_samples=m, steps=SMOKE_STEPS, batch_size=m), U_MIN)
+    out = idf.sample(model, params, key, SamplerConfig(num_samples=m, steps=SMOKE_STEPS, batch_size=m), U_MIN)
     grid = np.asarray(idf.sampling_grid(U_MIN, SMOKE_STEPS), np.float64)
     for i in (0, 9):
         y = _keys_normal(key, i, 0)
@@ -127,7 +128,7 @@ def test_sampler_per_sample_keys_independent_of_batch_size():
     model = tiny_model()
     params = perturbed_params(model, seed=4, std=0.05)
     key = jax.random.key(5)
-    cfg = lambda **kw: idf.SamplerConfig(**{**dict(num_samples=16, steps=SMOKE_STEPS, batch_size=16), **kw})
+    cfg = lambda **kw: SamplerConfig(**{**dict(num_samples=16, steps=SMOKE_STEPS, batch_size=16), **kw})
     a = idf.sample(model, params, key, cfg(), U_MIN)
     b = idf.sample(model, params, key, cfg(batch_size=6), U_MIN)  # 6 + 6 + 4 (padded)
     c = idf.sample(model, params, key, cfg(num_samples=6, batch_size=6), U_MIN, start_index=10)
@@ -144,7 +145,7 @@ def test_dit_sampling_is_data_parallel():
     model = tiny_model()
     params = perturbed_params(model, seed=4, std=0.05)
     key = jax.random.key(5)
-    cfg = idf.SamplerConfig(num_samples=10, steps=SMOKE_STEPS, batch_size=6)   # batches of 8: 8 + 2 (padded)
+    cfg = SamplerConfig(num_samples=10, steps=SMOKE_STEPS, batch_size=6)   # batches of 8: 8 + 2 (padded)
     four = idf.sample(model, params, key, cfg, U_MIN)
     one = idf.sample(model, params, key, cfg, U_MIN, devices=devices[:1])
     assert four.shape == (10, 8, 8, 1)
@@ -154,18 +155,18 @@ def test_dit_sampling_is_data_parallel():
     p, m, g = sampling.replicate((params, jnp.ones((model.depth, model.max_heads)),
                                   idf.sampling_grid(U_MIN, SMOKE_STEPS)), mesh)
     (_, _, keys), = sampling.key_batches(key, 8, 8, mesh)
-    assert [s.data.shape for s in run(p, m, keys, g).addressable_shards] == [(2, 8, 8, 1)] * 4
+    assert [s.data.shape for s in run(keys, p, m, g).addressable_shards] == [(2, 8, 8, 1)] * 4
 
 
 def test_sampler_config_errors():
     with pytest.raises(ValueError, match="method"):
-        idf.SamplerConfig(method="euler")
+        SamplerConfig(method="euler")
     with pytest.raises(ValueError, match="num_samples"):
-        idf.SamplerConfig(num_samples=0)
+        SamplerConfig(num_samples=0)
     model = tiny_model()
     with pytest.raises(ValueError, match="head_mask"):
         idf.sample(model, idf.init_params(model, jax.random.key(0)), jax.random.key(0),
-                   idf.SamplerConfig(num_samples=2, steps=2, batch_size=2), U_MIN, head_mask=np.ones((3, 3)))
+                   SamplerConfig(num_samples=2, steps=2, batch_size=2), U_MIN, head_mask=np.ones((3, 3)))
 
 
 # ---------------------------------------------------------------- experiment
@@ -226,7 +227,7 @@ def test_smoke_end_to_end(smoke_run):
         assert run["memorization_ratio"] == pytest.approx(mem.mean())
         # the copy baseline is a perfect memorizer (the smoke training sets hold no duplicate images)
         assert run["copy_baseline"]["memorization_ratio"] == 1.0
-        assert len(train_dit.train.read_metrics(nd)) == cfg.train.steps // cfg.train.log_every
+        assert len(training.read_metrics(nd)) == cfg.train.steps // cfg.train.log_every
 
 
 def test_resume_skips_finished_work(smoke_run, tmp_path):

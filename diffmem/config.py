@@ -39,8 +39,9 @@ class FieldError(ValueError):
 
 
 def _join(owner: str, field_name: str, problem: str) -> str:
-    """'config.sampler' + 'method' + 'must be ...' -> 'config.sampler.method must be ...' ('[2] ...' attaches)."""
-    return f"{owner}.{field_name}{'' if problem.startswith('[') else ' '}{problem}"
+    """'config.sampler' + 'method' + 'must be ...' -> 'config.sampler.method must be ...' ('[2] ...' and '.x ...'
+    attach)."""
+    return f"{owner}.{field_name}{'' if problem[:1] in '[.' else ' '}{problem}"
 
 
 def field(default=_MISSING, *, min=None, max=None, min_open: bool = False, max_open: bool = False,

@@ -256,3 +256,39 @@ def sample(model: dit_lib.DiT, params: PyTree, key: Array, cfg: SamplerConfig, u
 def sampling_params(state: training.TrainState, use_ema: bool = True) -> PyTree:
     """The parameters to sample with: the EMA parameters by default."""
     return state.ema_params if use_ema else state.params
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def load_checkpoint(path: str, model: dit_lib.DiT, use_ema: bool = True) -> tuple[PyTree, int]:
+    """(params, step) from the latest orbax checkpoint in `path` (a directory of step folders, or a workdir with a
+    checkpoints/ folder, as diffmem.training writes them). use_ema picks ema_params (else params). The tree must
+    match `model`; a missing directory / checkpoint or another architecture raises a ValueError saying which."""
+    import os
+
+    import orbax.checkpoint as ocp
+    if not path or not os.path.isdir(path):
+        raise ValueError(f"{path!r}: no such directory (expected orbax checkpoints of a DiT, e.g. a train_dit run's "
+                         "<workdir>/n<n>)")
+    root = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+    mngr = ocp.CheckpointManager(os.path.abspath(root))
+    try:
+        step = mngr.latest_step()
+        if step is None:
+            raise ValueError(f"{path!r}: no checkpoint found in {root} (expected orbax step folders written by "
+                             "diffmem.training)")
+        restored = mngr.restore(step, args=ocp.args.StandardRestore())
+    finally:
+        mngr.close()
+    name = "ema_params" if use_ema else "params"
+    if not isinstance(restored, dict) or name not in restored:
+        raise ValueError(f"{path!r}: checkpoint {step} has no '{name}' entry (keys: "
+                         f"{sorted(restored) if isinstance(restored, dict) else type(restored).__name__})")
+    params = restored[name]
+    want = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    got_s = jax.tree.map(lambda a: tuple(np.shape(a)), params)
+    want_s = jax.tree.map(lambda a: tuple(a.shape), want)
+    if jax.tree.structure(got_s) != jax.tree.structure(want_s) or got_s != want_s:
+        sizes = dict(depth=model.depth, hidden=model.hidden, heads=model.heads, patch=model.patch)
+        raise ValueError(f"{path!r}: the checkpoint's parameters do not match the DiT {sizes}")
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params), int(step)

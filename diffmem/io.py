@@ -69,6 +69,17 @@ def save_npz(p: PathLike, **arrays) -> None:
     _atomic_write(p, buf.getvalue())
 
 
+def save_npy(p: PathLike, array) -> None:
+    """np.save, written atomically by process 0."""
+    buf = _io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    _atomic_write(p, buf.getvalue())
+
+
+def load_npy(p: PathLike) -> np.ndarray:
+    return np.load(_io.BytesIO(path(p).read_bytes()), allow_pickle=False)
+
+
 def exists(p: PathLike) -> bool:
     return path(p).exists()
 

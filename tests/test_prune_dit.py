@@ -13,8 +13,10 @@ import pytest
 
 from configs import prune_dit as prune_cfg
 from diffmem import data as data_lib
-from diffmem import experiments, image_diffusion as idf, pruning, sampling, sde, train
+from diffmem import experiments, image_diffusion as idf, pruning, rng, sampling, sde, training
+from diffmem.config import SamplerConfig
 from diffmem.experiments import prune_dit as P
+from diffmem.experiments.prune_dit import pipeline, where
 from diffmem.models import dit as dit_lib
 
 U_MIN = 1e-3
@@ -78,7 +80,7 @@ def test_smoke_outputs_and_masks(smoke):
     for key in ("memorization_ratio", "fd", "precision", "recall"):
         assert wd0[key] == orig[key], key
     # one repeat: the aggregate is the run itself
-    agg = res["aggregate"]["importance"][P.eta_tag(eta)]["memorization_ratio"]
+    agg = res["aggregate"]["importance"][pipeline.eta_tag(eta)]["memorization_ratio"]
     assert agg["mean"] == _run(res, "importance", eta)["memorization_ratio"] and agg["std"] is None
 
 
@@ -133,17 +135,17 @@ def test_resume_reuses_pieces_and_same_seed_same_numbers(smoke):
 def test_load_base_checkpoint(smoke, tmp_path):
     config, workdir, res = smoke
     s = P.parse_config(config)
-    model = idf.build_model((8, 8, 1), **{k: v for k, v in s.model.items() if k != "name"})
-    params, step = P.load_base_checkpoint(os.path.join(workdir, "base"), model)
+    model = idf.build_model((8, 8, 1), **s.model.sizes())
+    params, step = idf.load_checkpoint(os.path.join(workdir, "base"), model)
     assert step == config.train.steps
     # the loaded EMA parameters give the original model's samples
-    samples = idf.sample(model, params, P._key(s.seed, 2, 0), s.sampler, s.u_min)
+    samples = idf.sample(model, params, rng.stream(s.seed, "samples", 0), s.sampler, s.diffusion.u_min)
     with np.load(os.path.join(workdir, res["piece_dir"], "runs", "original_r0", "samples.npz")) as f:
         np.testing.assert_allclose(samples, f["samples"], atol=1e-5)
     with pytest.raises(ValueError, match="no checkpoint"):
-        P.load_base_checkpoint(str(tmp_path), model)
+        idf.load_checkpoint(str(tmp_path), model)
     with pytest.raises(ValueError, match="do not match"):
-        P.load_base_checkpoint(os.path.join(workdir, "base"), model.clone(hidden=16, heads=2))
+        idf.load_checkpoint(os.path.join(workdir, "base"), model.clone(hidden=16, heads=2))
 
 
 # ---------------------------------------------------------------- config errors
@@ -153,7 +155,7 @@ def test_load_base_checkpoint(smoke, tmp_path):
 def test_bad_eta(field, value):
     c = prune_cfg.get_config("smoke")
     c.prune[field] = value
-    with pytest.raises(ValueError, match=r"eta.*\[0, 1\)"):
+    with pytest.raises(ValueError, match=r"eta.*[\[(]0, 1\)"):
         P.parse_config(c)
 
 
@@ -188,10 +190,10 @@ def test_bad_swap_pairs(pair):
 def test_presets_parse():
     for arg in ("smoke", "cpu", "cifar10"):
         s = P.parse_config(prune_cfg.get_config(arg))
-        assert s.paper_eta in s.etas
+        assert s.prune.paper_eta in s.prune.sweep_etas
     s = P.parse_config(prune_cfg.get_config("cifar10"))
-    assert (s.model["depth"], s.model["heads"], s.model["hidden"]) == (12, 6, 384) and s.repeats == 5
-    with pytest.raises(ValueError, match="arg must be"):
+    assert (s.model.sizes()["depth"], s.model.sizes()["heads"], s.model.sizes()["hidden"]) == (12, 6, 384) and s.repeats == 5
+    with pytest.raises(ValueError, match="preset must be"):
         prune_cfg.get_config("gpu")
 
 
@@ -215,7 +217,7 @@ def _params(seed):
 P_HI, P_LO = _params(1), _params(2)
 M_HI = np.ones((2, 2), np.float32)
 M_LO = np.array([[1, 0], [0, 1]], np.float32)
-CFG = idf.SamplerConfig(num_samples=24, steps=6, batch_size=24)
+CFG = SamplerConfig(num_samples=24, steps=6, batch_size=24)
 KEY = jax.random.key(11)
 
 
@@ -223,14 +225,14 @@ def test_swap_endpoints_equal_single_models():
     lo = idf.sample(MODEL, P_LO, KEY, CFG, U_MIN, head_mask=M_LO)
     hi = idf.sample(MODEL, P_HI, KEY, CFG, U_MIN, head_mask=M_HI)
     # tau beyond T: every time is <= tau, so the 'lo' (pruned) model alone; tau below t0: the 'hi' model alone
-    np.testing.assert_allclose(P.swap_sample(MODEL, P_HI, M_HI, P_LO, M_LO, 2.0, KEY, CFG, U_MIN), lo, atol=1e-5)
-    np.testing.assert_allclose(P.swap_sample(MODEL, P_HI, M_HI, P_LO, M_LO, 0.0, KEY, CFG, U_MIN), hi, atol=1e-5)
-    mid = P.swap_sample(MODEL, P_HI, M_HI, P_LO, M_LO, 0.5, KEY, CFG, U_MIN)
+    np.testing.assert_allclose(pruning.swap_sample(MODEL, P_HI, M_HI, P_LO, M_LO, 2.0, KEY, CFG, U_MIN), lo, atol=1e-5)
+    np.testing.assert_allclose(pruning.swap_sample(MODEL, P_HI, M_HI, P_LO, M_LO, 0.0, KEY, CFG, U_MIN), hi, atol=1e-5)
+    mid = pruning.swap_sample(MODEL, P_HI, M_HI, P_LO, M_LO, 0.5, KEY, CFG, U_MIN)
     assert np.abs(mid - lo).max() > 1e-3 and np.abs(mid - hi).max() > 1e-3
     with pytest.raises(ValueError, match="head_mask must have shape"):
-        P.swap_sample(MODEL, P_HI, np.ones((2, 3)), P_LO, M_LO, 0.5, KEY, CFG, U_MIN)
+        pruning.swap_sample(MODEL, P_HI, np.ones((2, 3)), P_LO, M_LO, 0.5, KEY, CFG, U_MIN)
     with pytest.raises(ValueError, match="head_mask entries must be exactly 0 or 1"):
-        P.swap_sample(MODEL, P_HI, M_HI, P_LO, 0.5 * M_LO, 0.5, KEY, CFG, U_MIN)
+        pruning.swap_sample(MODEL, P_HI, M_HI, P_LO, 0.5 * M_LO, 0.5, KEY, CFG, U_MIN)
 
 
 def test_swap_switches_at_tau():
@@ -238,7 +240,7 @@ def test_swap_switches_at_tau():
     with the hi and lo parameter sets equal but masks different, the switch is the mask change."""
     grid = np.asarray(idf.sampling_grid(U_MIN, CFG.steps))
     tau_u = 0.5
-    out = P.swap_sample(MODEL, P_HI, M_HI, P_HI, M_LO, tau_u, KEY, CFG, U_MIN)
+    out = pruning.swap_sample(MODEL, P_HI, M_HI, P_HI, M_LO, tau_u, KEY, CFG, U_MIN)
     tau_t = jnp.float32(sde.ddpm_time(jnp.float32(tau_u)))
     hi = idf.make_score_fn(MODEL, P_HI, jnp.asarray(M_HI))
     lo = idf.make_score_fn(MODEL, P_HI, jnp.asarray(M_LO))
@@ -254,12 +256,12 @@ def test_finetune_loss_equals_make_loss_and_mask_errors():
     x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 1)), jnp.float32)
     k = jax.random.key(5)
     ref, _ = idf.make_loss(MODEL, U_MIN, M_LO)(P_LO, k, x)
-    got, _ = P.masked_loss(MODEL, U_MIN)(P_LO, k, {"x": x, "mask": jnp.broadcast_to(M_LO, (8, 2, 2))})
+    got, _ = idf.make_masked_loss(MODEL, U_MIN)(P_LO, k, {"x": x, "mask": jnp.broadcast_to(M_LO, (8, 2, 2))})
     assert float(got) == pytest.approx(float(ref), rel=1e-6)
-    cfg = train.TrainConfig(steps=1, batch_size=4, log_every=1, ckpt_every=1)
+    cfg = training.TrainConfig(steps=1, batch_size=4, log_every=1, ckpt_every=1)
     for bad in (np.ones((2, 3), np.float32), np.full((2, 2), 0.5, np.float32)):
         with pytest.raises(ValueError, match="head_mask"):
-            P.finetune(MODEL, P_LO, bad, np.asarray(x), cfg, None, key=k, u_min=U_MIN)
+            pipeline.finetune(MODEL, P_LO, bad, np.asarray(x), cfg, None, key=k, u_min=U_MIN)
 
 
 def test_decision_index_hand_made():
@@ -267,14 +269,14 @@ def test_decision_index_hand_made():
                    [1, 1, 2, 6],
                    [2, 1, 4, 6],
                    [2, 1, 2, 6]])    # k = K (t0): final nearest images
-    k_star, same, decided = P.decision_index(nn)
+    k_star, same, decided = where.decision_index(nn)
     np.testing.assert_array_equal(k_star, [2, 0, 3, 1])
     np.testing.assert_array_equal(decided[:, 2], [False, False, False, True])   # back to 2 only at the end
     np.testing.assert_array_equal(same[:, 2], [True, True, False, True])
 
 
 def test_trajectory_final_is_the_sample_and_its_tweedie_estimate():
-    tr = P.trajectory_decisions(MODEL, P_HI, np.random.default_rng(1).uniform(-1, 1, (5, 8, 8, 1)), KEY, CFG,
+    tr = where.trajectory_decisions(MODEL, P_HI, np.random.default_rng(1).uniform(-1, 1, (5, 8, 8, 1)), KEY, CFG,
                                 U_MIN, mask=M_HI)
     ref = idf.sample(MODEL, P_HI, KEY, CFG, U_MIN, head_mask=M_HI)
     np.testing.assert_allclose(tr["final"], ref, atol=1e-5)

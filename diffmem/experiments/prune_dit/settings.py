@@ -1,0 +1,110 @@
+"""The settings of the pruning experiment (configs/prune_dit.py), as typed schemas, and its method names."""
+from __future__ import annotations
+
+import dataclasses
+
+from diffmem import config as config_lib
+from diffmem.config import (DiffusionConfig, DiTConfig, ImageDataConfig, ImageEvalConfig, SamplerConfig, Schema,
+                            TrainConfig, field)
+
+# Time laws of the importance scores (Algorithm 2): name -> (dist, a, b) of pruning.TimeDist.
+SCORE_LAWS = {"importance": ("beta", 0.8, 2.0), "importance_large_t": ("beta", 2.0, 0.8),
+              "importance_uniform": ("uniform", 1.0, 1.0)}
+PRUNE_METHODS = tuple(SCORE_LAWS) + ("random", "magnitude")
+UNPRUNED_METHODS = ("weight_decay_finetune",)
+METHODS = PRUNE_METHODS + UNPRUNED_METHODS
+ALWAYS = ("original", "finetune_only")            # run in every experiment
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneDataConfig(ImageDataConfig):
+    """Training images: a seeded random subset of n images (diffmem.data.load_images)."""
+    n: int = field(64, min=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneConfig(Schema):
+    """Pruning (Algorithms 1 and 2 of arXiv 2511.03202). etas: the sweep (each in [0, 1)); paper_eta: Table 1's
+    eta (added to the sweep); keep_one_per_layer: never empty a layer (the paper's Algorithm 1 does not say; off =
+    pure global ranking). Scores: score_batches batches of score_batch_size, ONE u per batch; loss_batches batches
+    for the loss right after pruning."""
+    etas: tuple[float, ...] = field((0.1, 0.2, 0.3, 0.5), item_min=0.0, item_max=1.0, item_open=(False, True),
+                                    nonempty=True)
+    paper_eta: float = field(0.2, min=0.0, max=1.0, min_open=True, max_open=True)
+    keep_one_per_layer: bool = field(False)
+    score_batches: int = field(64, min=1)
+    score_batch_size: int = field(32, min=1)
+    loss_batches: int = field(16, min=1)
+
+    @property
+    def sweep_etas(self) -> tuple[float, ...]:
+        """The etas run: sorted, eta = 0 dropped (it is the finetune_only control), paper_eta included."""
+        return tuple(sorted(set(float(e) for e in self.etas if e > 0) | {float(self.paper_eta)}))
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightDecayConfig(Schema):
+    """Weight-decay mitigation baselines: `finetune_value` = AdamW decay of the weight_decay_finetune control;
+    `base` = also train a second base from scratch with decay `base_value`."""
+    base: bool = field(False)
+    base_value: float = field(0.1, min=0.0)
+    finetune_value: float = field(3.0, min=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class WhereConfig(Schema):
+    """Where is memorization decided: base trajectories and the swap test at unit times taus_u for each pair
+    (a, b) of models (model a for t > tau, b below, and the reverse)."""
+    enabled: bool = field(True)
+    num_samples: int = field(256, min=1)
+    taus_u: tuple[float, ...] = field((0.05, 0.1, 0.2, 0.3, 0.5, 0.7), item_min=0.0, item_max=1.0,
+                                      item_open=(True, False))
+    swap_pairs: tuple[tuple[str, str], ...] = field((("original", "importance"),))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings(Schema):
+    """configs/prune_dit.py, validated."""
+    experiment: str = field("prune_dit", choices=("prune_dit",))
+    seed: int = field(0, min=0)
+    preset: str = field("")
+    base_checkpoint: str = field("", help="'' = train the base here")
+    methods: tuple[str, ...] = field(METHODS, choices=METHODS)
+    sweep_methods: tuple[str, ...] = field(("importance", "random"), choices=PRUNE_METHODS)
+    repeats: int = field(3, min=1)
+    sweep_repeats: int = field(1, min=1)
+    progress: bool = field(False)
+    data: PruneDataConfig = field(PruneDataConfig())
+    model: DiTConfig = field(DiTConfig(patch=4, hidden=128, depth=3, heads=8))
+    diffusion: DiffusionConfig = field(DiffusionConfig())
+    train: TrainConfig = field(TrainConfig())
+    finetune: TrainConfig = field(TrainConfig())
+    prune: PruneConfig = field(PruneConfig())
+    weight_decay: WeightDecayConfig = field(WeightDecayConfig())
+    sampler: SamplerConfig = field(SamplerConfig())
+    eval: ImageEvalConfig = field(ImageEvalConfig())
+    where: WhereConfig = field(WhereConfig())
+
+    def check(self):
+        for name in ("methods", "sweep_methods"):
+            v = getattr(self, name)
+            if len(set(v)) != len(v):
+                raise self.fail(name, f"must not repeat a method, got {list(v)}")
+        extra = [m for m in self.sweep_methods if m not in self.methods]
+        if extra:
+            raise self.fail("sweep_methods", f"must be pruning methods listed in config.methods, got {extra}")
+        if self.sampler.num_samples <= self.eval.k:
+            raise self.fail("sampler", f".num_samples ({self.sampler.num_samples}) must exceed config.eval.k "
+                                       f"({self.eval.k})")
+        if self.where.enabled and not self.where.taus_u:
+            raise self.fail("where", ".taus_u must hold at least one unit time in (0, 1] when where.enabled")
+        known = set(ALWAYS) | set(self.methods)
+        for i, pr in enumerate(self.where.swap_pairs):
+            if pr[0] == pr[1] or not set(pr) <= known:
+                raise self.fail("where", f".swap_pairs[{i}] must be a pair of two different models among "
+                                         f"{sorted(known)} (config.methods plus original / finetune_only), got {pr!r}")
+
+
+def parse_config(config) -> Settings:
+    """ConfigDict -> Settings; a ValueError naming the field for anything unknown, missing or out of range."""
+    return config_lib.parse_config(Settings, config)

@@ -1,7 +1,7 @@
 """Benchmark: DiT training and sampling throughput for a train_dit preset (default: the `cpu` preset's DiT).
 
 Measured side by side in one process on the preset's data (digits for `cpu` / `smoke`): training through
-diffmem.train.train (the experiment's own path: jitted step, on-device batches, no checkpoints) and sampling through
+diffmem.training.train (the experiment's own path: jitted step, on-device batches, no checkpoints) and sampling through
 diffmem.image_diffusion.sample with the reverse SDE (Euler-Maruyama, 1 network evaluation per step) and the
 probability-flow ODE (Heun, 2 per step), plus the final Tweedie step. Every row is timed after a warm-up call with
 the same shapes (its time, compile included, is `first_s`); `cpu_ms` is process CPU time (all threads) per
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import os
+import sys
 import time
 
 import jax
@@ -28,11 +28,11 @@ from diffmem.models import dit as dit_lib
 
 
 def _load_config(preset: str):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "train_dit.py")
-    spec = importlib.util.spec_from_file_location("train_dit_config", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(preset)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)   # configs/ imports configs.common
+    from configs import train_dit as config_module
+    return config_module.get_config(preset)
 
 
 def _timed(fn):
@@ -51,11 +51,11 @@ def main():
 
     s = train_dit.parse_config(_load_config(args.preset))
     n = args.n or min(s.ns)
-    d = data_lib.load_images(s.data_name, n=n, seed=s.data_seed, data_dir=s.data_dir)
-    model = idf.build_model(d.image_shape, **{k: v for k, v in s.model.items() if k != "name"})
+    d = data_lib.load_images(s.data.name, n=n, seed=s.data.seed, data_dir=s.data.directory)
+    model = idf.model_from_config(d.image_shape, s.model)
     params = idf.init_params(model, jax.random.key(0))
-    print(f"devices: {jax.devices()}  preset={args.preset}  data={s.data_name} n={n} {d.image_shape}  "
-          f"DiT {s.model} ({dit_lib.count_params(params):,} params)")
+    print(f"devices: {jax.devices()}  preset={args.preset}  data={s.data.name} n={n} {d.image_shape}  "
+          f"DiT {s.model.resolved()} ({dit_lib.count_params(params):,} params)")
     hdr = (f"{'what':<26} {'batch':>6} {'first_s':>8} {'timed':>7} {'wall_s':>8} {'per_s':>9} {'ms_each':>8} "
            f"{'cpu_ms':>8}")
     print(hdr)
@@ -65,10 +65,10 @@ def main():
     cfg = dataclasses.replace(s.train, steps=args.train_steps, log_every=args.train_steps,
                               ckpt_every=args.train_steps)
     warm = dataclasses.replace(cfg, steps=5, log_every=5, ckpt_every=5)
-    _, first, _ = _timed(lambda: idf.train_model(model, d.images, warm, None, key=key, u_min=s.u_min,
+    _, first, _ = _timed(lambda: idf.train_model(model, d.images, warm, None, key=key, u_min=s.diffusion.u_min,
                                                  progress=False))
     (state, _), wall, cpu = _timed(lambda: jax.block_until_ready(idf.train_model(
-        model, d.images, cfg, None, key=key, u_min=s.u_min, progress=False)))
+        model, d.images, cfg, None, key=key, u_min=s.diffusion.u_min, progress=False)))
     k = args.train_steps
     print(f"{'train step':<26} {cfg.batch_size:>6} {first:>8.2f} {k:>7} {wall:>8.2f} {k / wall:>9.1f} "
           f"{1e3 * wall / k:>8.2f} {1e3 * cpu / k:>8.2f}", flush=True)
@@ -80,8 +80,8 @@ def main():
         sc = dataclasses.replace(s.sampler, num_samples=args.num_samples, method=method,
                                  batch_size=min(s.sampler.batch_size, args.num_samples))
         w = dataclasses.replace(sc, num_samples=sc.batch_size)
-        _, first, _ = _timed(lambda: idf.sample(model, state.ema_params, key, w, s.u_min, devices=devices))
-        out, wall, cpu = _timed(lambda: idf.sample(model, state.ema_params, key, sc, s.u_min, devices=devices))
+        _, first, _ = _timed(lambda: idf.sample(model, state.ema_params, key, w, s.diffusion.u_min, devices=devices))
+        out, wall, cpu = _timed(lambda: idf.sample(model, state.ema_params, key, sc, s.diffusion.u_min, devices=devices))
         assert np.isfinite(out).all()
         m = args.num_samples
         nfe = sc.steps * (1 if method == "sde" else 2) + int(sc.denoise)

@@ -4,10 +4,10 @@
 
 For each width, in the same process and on the same data, three ways to train M members (different n via
 padded + masked data, different weight decays) for `steps` steps:
-  vmapped          gmm_lab.make_sweep_runner: one jit, lax.scan over steps, vmap over members;
+  vmapped          training.make_sweep_runner: one jit, lax.scan over steps, vmap over members;
   sequential-scan  the same runner with M = 1, called M times (a Python loop over members);
   sequential-step  a Python loop over members, and over steps of a jitted single step (one dispatch per
-                   step, like a plain training loop / diffmem.train.train).
+                   step, like a plain training loop / diffmem.training.train).
 Times exclude compilation (one warm-up call each) and are the best of `--repeats`. On a shared CPU the
 numbers are noisy; the speed-up grows where one member does not fill the device (small nets, accelerators).
 """
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffmem import gmm_lab, train
+from diffmem import losses, training
 from diffmem.models import mlp
 
 
@@ -36,27 +36,27 @@ def _best(fn, repeats: int) -> float:
 def bench(width: int, members: int, steps: int, dim: int, batch: int, depth: int, repeats: int) -> dict:
     model = mlp.ScoreMLP(dim=dim, width=width, depth=depth, output="edm", sigma_data=2.2)
     apply = mlp.make_apply(model)
-    loss = gmm_lab.make_lab_loss(apply, 1e-3, 10.0)
-    cfg = train.TrainConfig(steps=steps, batch_size=batch, lr=1e-3, log_every=steps, ckpt_every=steps)
+    loss = losses.make_lab_loss(apply, 1e-3, 10.0)
+    cfg = training.TrainConfig(steps=steps, batch_size=batch, lr=1e-3, log_every=steps, ckpt_every=steps)
     rng = np.random.RandomState(0)
     ns = np.linspace(64, 1024, members).astype(int)
-    data, mask = gmm_lab.pad_datasets([rng.randn(n, dim) for n in ns])
-    data, counts = jnp.asarray(data), jnp.asarray(gmm_lab.mask_counts(mask))
+    data, mask = training.pad_datasets([rng.randn(n, dim) for n in ns])
+    data, counts = jnp.asarray(data), jnp.asarray(training.mask_counts(mask))
     wds = jnp.linspace(0.0, 1.0, members)
     keys = jax.random.split(jax.random.key(0), members)
-    params = gmm_lab.init_members(lambda k: mlp.init_params(model, k), keys)
-    states = gmm_lab.init_states(params, cfg)
+    params = training.init_members(lambda k: mlp.init_params(model, k), keys)
+    states = training.init_states(params, cfg)
 
-    run_all = gmm_lab.make_sweep_runner(loss, cfg, steps)
+    run_all = training.make_sweep_runner(loss, cfg, steps)
     jax.block_until_ready(run_all(states, data, counts, wds, keys))
     t_vmap = _best(lambda: run_all(states, data, counts, wds, keys), repeats)
 
-    run_one = gmm_lab.make_sweep_runner(loss, cfg, steps)
+    run_one = training.make_sweep_runner(loss, cfg, steps)
     one = [jax.tree.map(lambda x, i=i: x[i:i + 1], (states, data, counts, wds, keys)) for i in range(members)]
     jax.block_until_ready(run_one(*one[0]))
     t_scan = _best(lambda: [run_one(*o) for o in one], repeats)
 
-    step1 = jax.jit(gmm_lab.make_sweep_step(loss, cfg))
+    step1 = jax.jit(jax.vmap(training.make_member_step(loss, cfg)))
 
     def per_step():
         out = []

@@ -1,4 +1,4 @@
-"""Closed-form scores and log-densities of the OU marginals (PAPER.md section 1).
+"""Closed-form scores and log-densities of the OU marginals (arXiv 2511.03202, Section 3).
 
 * Gaussian mixture P = sum_k pi_k N(mu_k, Sigma_k): at time t component k is
   N(alpha_t mu_k, alpha_t^2 Sigma_k + sigma_t^2 I); the score is the posterior-weighted sum of the
@@ -103,7 +103,7 @@ def gaussian_mixture(means, cov=1.0, weights=None, cov_type: str = "isotropic") 
 
 def random_mixture(key: Array, num_components: int, dim: int, mean_std: float = 2.0,
                    cov_scale: float = 1.0) -> GaussianMixture:
-    """The mixture of PAPER.md section 4: equal weights, mu_k ~ N(0, mean_std^2 I_d) (paper: 2),
+    """The mixture of the paper's Section 6.1: equal weights, mu_k ~ N(0, mean_std^2 I_d) (paper: 2),
     Sigma = cov_scale^2 I_d (paper: 1)."""
     if num_components < 1 or dim < 1:
         raise ValueError(f"num_components and dim must be >= 1, got {num_components}, {dim}")
@@ -246,7 +246,7 @@ def _is_concrete(a) -> bool:
 
 def empirical_score(x: Array, t: Array, data: Array, mask: Optional[Array] = None,
                     chunk: int = 4096) -> Array:
-    """score_hat(x, t) = (alpha_t sum_i w_i x_i - x) / sigma_t^2 (PAPER.md section 1).
+    """score_hat(x, t) = (alpha_t sum_i w_i x_i - x) / sigma_t^2 (Section 3 of the paper).
 
     x (m, d); t () or (m,); data (n, d); mask (n,) or None. Returns (m, d).
     """

@@ -1,4 +1,4 @@
-"""The Ornstein-Uhlenbeck (VP) forward process of PAPER.md section 1, as pure functions.
+"""The Ornstein-Uhlenbeck (VP) forward process of arXiv 2511.03202 (Section 3), as pure functions.
 
 Forward SDE  dX_t = -X_t/2 dt + dB_t, so  X_t | X_0 = x ~ N(alpha_t x, sigma_t^2 I) with
 alpha_t = exp(-t/2) and sigma_t^2 = 1 - exp(-t).
@@ -33,7 +33,7 @@ def check_time(t, name: str = "t") -> None:
 
 
 def alpha(t: Array) -> Array:
-    """alpha_t = exp(-t/2) (PAPER.md section 1)."""
+    """alpha_t = exp(-t/2) (Section 3 of the paper)."""
     return jnp.exp(-0.5 * t)
 
 
@@ -109,7 +109,7 @@ def sample_unit_time(key: Array, shape: tuple[int, ...], dist: str = "uniform",
     """Unit times u in [u_min, 1].
 
     dist: 'uniform' (training), 'beta' (Beta(a, b); Beta(0.8, 2) puts mass near small t as in
-    Algorithm 2 of PAPER.md; Beta(2, 0.8) is its large-t mirror).
+    Algorithm 2 of the paper; Beta(2, 0.8) is its large-t mirror).
     """
     if dist == "uniform":
         u = jax.random.uniform(key, shape)

@@ -12,7 +12,7 @@ SHAPE = (3,)
 
 
 def gaussian_score(x, t):
-    """Exact score of the OU marginal of N(0, S2 I): -x / v_t, v_t = alpha_t^2 S2 + sigma_t^2 (PAPER.md section 1)."""
+    """Exact score of the OU marginal of N(0, S2 I): -x / v_t, v_t = alpha_t^2 S2 + sigma_t^2 (arXiv 2511.03202, Section 3)."""
     v = (sde.alpha(t) ** 2 * S2 + sde.sigma2(t))[:, None]
     return -x / v
 

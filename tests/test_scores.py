@@ -146,7 +146,7 @@ def test_proposition_4_1_estimators_agree(t):
 
 
 def test_gap_leading_order_small_t():
-    """As t -> 0, Loss-Gap_t sigma_t^2 / d -> 1 (PAPER.md section 2)."""
+    """As t -> 0, Loss-Gap_t sigma_t^2 / d -> 1 (arXiv 2511.03202, Section 4)."""
     d = 16
     mix = scores.random_mixture(jax.random.key(0), 8, d)
     data = scores.sample_mixture(jax.random.key(1), mix, 500)

@@ -1,4 +1,4 @@
-"""Time-conditioned ReLU MLP score network (the network class of Theorem 5.1, PAPER.md section 3).
+"""Time-conditioned ReLU MLP score network (the network class of Theorem 5.1, arXiv 2511.03202 Section 5).
 
     h_0 = [x, emb(t)]                       (d + e,)   time is an input, as in Theorem 5.1
     h_l = relu(W_l h_{l-1} + b_l)            (width,)   l = 1..depth (depth = number of hidden layers)

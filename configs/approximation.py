@@ -1,12 +1,14 @@
-"""Approximation separation: PAPER.md section 3, Theorem 5.1 (width needed vs n; exact attention forms).
+"""Approximation separation: arXiv 2511.03202, Section 5, Theorem 5.1 (width needed vs n; exact attention forms).
 
   python -m diffmem.main --config=configs/approximation.py[:smoke|cpu|paper] --workdir=/tmp/approx
 
-Presets: `smoke` (seconds, used by the tests), `cpu` (default; minutes on 2 CPU cores), `paper` (larger n,
-widths and steps for an accelerator). Members that share a width (every n, both targets, every seed) train
-as one vmapped jit step.
+Presets: `smoke` (seconds, used by the tests), `cpu` (default; minutes on 2 CPU cores), `paper` (larger n, widths
+and steps for an accelerator). Members that share a width (every n, both targets, every seed) train as one vmapped
+jit step.
 """
 import ml_collections
+
+from configs import common
 
 
 def get_config(arg=None):
@@ -20,18 +22,16 @@ def get_config(arg=None):
     # Training points: the first n draws from P = (1/K) sum N(mu_k, I_d), mu_k ~ N(0, mean_std^2 I_d).
     c.data = dict(dim=2, num_components=4, mean_std=2.0, ns=(4, 8, 16, 32))
     # ReLU MLP of fixed depth (number of hidden layers); widths swept below.
-    c.model = dict(depth=2, time_embed="sinusoidal", embed_dim=16, output="edm", sigma_data=0.0)
+    c.model = common.lab_model(depth=2)
     c.widths = (16, 32, 64, 128, 256, 512)
-    c.train = dict(steps=3000, batch_size=256, lr=3e-3, warmup_steps=100, schedule="cosine", grad_clip=1.0,
-                   ema_decay=0.0, weight_decay=0.0, log_every=250, ckpt_every=1000, keep_ckpts=1)
-    # Regression inputs x ~ P_hat_t, t on [t0, T]; errors weighted sigma^4 (empirical) / sigma^2 (true),
-    # evaluated at eval_times log-spaced times with eval_points draws each.
+    c.train = common.lab_train(schedule="cosine", ema_decay=0.0)
+    # Regression inputs x ~ P_hat_t, t on [t0, T]; errors weighted sigma^4 (empirical) / sigma^2 (true), evaluated
+    # at eval_times log-spaced times with eval_points draws each.
     c.regression = dict(t0=0.03, T=1.0, time_dist="log_uniform", eval_points=4096, eval_times=8)
     c.target_eps = (0.05, 0.3, 0.5)  # max-over-t relative weighted errors defining W*(n)
     c.seeds = (0,)
     # Exact one-layer attention forms, checked against the closed-form scores.
-    c.attention = dict(ns=(16, 256, 4096), dims=(2, 32), num_components=4, num_queries=256,
-                       times=(1e-3, 0.1, 1.0))
+    c.attention = dict(ns=(16, 256, 4096), dims=(2, 32), num_components=4, num_queries=256, times=(1e-3, 0.1, 1.0))
     c.progress = True
     if arg == "smoke":
         c.data.ns = (8, 32)
@@ -53,6 +53,6 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-    """Overrides for launch/sweep.py: one run per width. The runs share the workdir (cells are per width);
-    the final assembling run (no override) then finds every cell finished."""
+    """Overrides for launch/sweep.py: one run per width. The runs share the workdir (cells are per width); the final
+    assembling run (no override) then finds every cell finished."""
     return [{"widths": (w,)} for w in get_config(arg).widths]

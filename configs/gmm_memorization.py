@@ -1,4 +1,4 @@
-"""Gaussian-mixture memorization lab: PAPER.md section 4, Figures 2, 3a and 3b.
+"""Gaussian-mixture memorization lab: arXiv 2511.03202, Section 6.1, Figures 2, 3a and 3b.
 
   python -m diffmem.main --config=configs/gmm_memorization.py[:smoke|cpu|paper] --workdir=/tmp/gmm
 
@@ -10,6 +10,8 @@ members that share an architecture train together as one vmapped jit step (diffm
 """
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg=None):
     arg = arg or "cpu"
@@ -20,18 +22,17 @@ def get_config(arg=None):
     c.seed = 0
     c.preset = arg
 
-    # P = (1/K) sum_k N(mu_k, I_d), mu_k ~ N(0, mean_std^2 I_d) (PAPER.md section 4: mean_std = 2).
+    # P = (1/K) sum_k N(mu_k, I_d), mu_k ~ N(0, mean_std^2 I_d) (Section 6.1: mean_std = 2).
     c.mixture = dict(mean_std=2.0)
 
     # Score network: ReLU MLP (diffmem.models.mlp.ScoreMLP); sigma_data 0 = sqrt(mean_std^2 + 1), the
     # per-coordinate std of the mixture (EDM preconditioning of output='edm').
-    c.model = dict(depth=3, time_embed="sinusoidal", embed_dim=16, output="edm", sigma_data=0.0)
+    c.model = common.lab_model()
 
-    # DSM training (diffmem.train.TrainConfig fields; weight_decay is set per sweep cell).
-    c.train = dict(steps=3000, batch_size=256, lr=3e-3, warmup_steps=100, schedule="constant", grad_clip=1.0,
-                   ema_decay=0.99, log_every=250, ckpt_every=1000, keep_ckpts=1)
-    c.loss = dict(t0=1e-3, T=10.0, weighting="sigma2", time_dist="log_uniform")
-    c.sampler = dict(num_samples=1000, steps=100, method="sde", spacing="log", batch_size=1000)
+    # DSM training (diffmem.config.TrainConfig fields; weight_decay stays 0: it is set per sweep cell).
+    c.train = common.lab_train()
+    c.loss = common.lab_loss()
+    c.sampler = common.lab_sampler()
 
     # Figure 2: d = 2, K = 4, growing width at one n (underfit -> generalize -> memorize).
     c.fig2 = dict(dim=2, num_components=4, n=16, widths=(4, 8, 16, 64, 256))

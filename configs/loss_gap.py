@@ -1,4 +1,4 @@
-"""Figure 1 / Theorem 4.3: Loss-Gap_t between the true and the empirical score (PAPER.md section 2).
+"""Figure 1 / Theorem 4.3: Loss-Gap_t between the true and the empirical score (arXiv 2511.03202, Section 4).
 
   python -m diffmem.main --config=configs/loss_gap.py --workdir=/tmp/diffmem/loss_gap        # CPU default
   python -m diffmem.main --config=configs/loss_gap.py:smoke --workdir=/tmp/diffmem/loss_gap_smoke
@@ -14,6 +14,7 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.experiment = "loss_gap"
     c.seed = 0
+    c.preset = arg
     # Data distribution: P = (1/K) sum_k N(mu_k, s^2 I_d), mu_k ~ N(0, mean_std^2 I_d).
     c.num_components = 8
     c.mean_std = 2.0
@@ -27,6 +28,7 @@ def get_config(arg=None):
     c.num_queries = 1024            # Monte-Carlo draws X ~ P_hat_t per (dataset, n, t)
     c.chunk = 4096                  # training points per streamed chunk of the empirical score
     c.time_loop = True              # also time the same n sweep as a Python loop over n
+    c.progress = arg != "smoke"
     if arg == "smoke":
         c.dims = (4, 8)
         c.ns = (20, 60, 200)

@@ -31,6 +31,17 @@ STREAMS: dict[str, int] = {
     "points": 1,          # training point i
     "lab": 2,             # a group's run key (then "init" / "train" per member seed, "lab_samples")
     "lab_samples": 2,     # under a group's run key: sample i (common to every member)
+    # loss_gap: under the key of dimension d (stream(root, d))
+    "gap_sets": 1,        # training set r at index gap_sets + r (then "data": its points, "queries")
+    "queries": 1,         # under a training set's key: the Monte-Carlo draws (then the n index i, the t index j)
+    "data": 0,            # under a training set's key (loss_gap): its points; under approximation's root: the
+                          # mixture and training points (then "mixture", "points"); under "eval": the draws' x0
+    # approximation, under the root key
+    "fit": 1,             # the regression fits (then "init" / "train" per member seed)
+    "eval": 2,            # the evaluation draws (then "data", "noise")
+    "noise": 1,           # under "eval": the evaluation draws' noise
+    "attention": 100,     # the attention-form check of dimension d at index attention + d (then "mixture"; the
+                          # points of size n at index n, their query indices at 7 n + 1 and noise at 7 n + 2)
 }
 
 Path = Union[str, int, np.integer]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import approximation as approx_cfg
-from diffmem import experiments, scores, sde
+from diffmem import experiments, losses, scores, sde
 from diffmem.experiments import approximation as ap
 
 
@@ -59,7 +59,7 @@ def test_weighted_errors_are_theorem_weights():
     for flag in (1.0, 0.0):
         member = {"data": data, "count": jnp.int32(16), "extra": jnp.float32(flag)}
         t = jnp.geomspace(0.01, 10.0, 8)
-        err, norm = ap.weighted_errors(zero, None, jax.random.key(2), x0, t, member, mix)
+        err, norm = losses.regression_errors(zero, None, jax.random.key(2), x0, t, member, mix)
         np.testing.assert_allclose(err, norm, rtol=1e-6)
         x, _ = sde.marginal_sample(jax.random.key(2), x0, t)
         target = scores.empirical_score(x, t, data) if flag else scores.mixture_score(x, t, mix)

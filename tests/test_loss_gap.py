@@ -68,7 +68,7 @@ def test_experiment_writes_results(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("t0", 0.0, "config.t0 must be > 0"),
+    ("t0", 0.0, "config.t0 must be a finite number > 0"),
     ("ns", (0, 10), "config.ns"),
     ("num_queries", 1, "num_queries"),
 ])

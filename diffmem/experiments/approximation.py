@@ -1,44 +1,48 @@
-"""Approximation separation (PAPER.md section 3, Theorem 5.1).
+"""Approximation separation (arXiv 2511.03202, Section 5, Theorem 5.1).
 
-Part 1 - network size needed. For every (n, width) a ReLU MLP (diffmem.models.mlp, fixed depth, time as an
-input) is fitted by regression to
+Part 1 - network size needed. For every (n, width) a ReLU MLP (diffmem.models.mlp, fixed depth, time as an input)
+is fitted by regression (diffmem.losses.make_regression_loss) to
   (i)  the empirical score score_hat of n training points, error weighted by sigma_t^4;
   (ii) the true mixture score, error weighted by sigma_t^2,
-on inputs from the EMPIRICAL marginal P_hat_t (x = alpha_t x_i + sigma_t z, i uniform on the n points), as in
-the theorem, with t log-uniform on [t0, T]. Evaluated on `eval_points` fresh draws at each of `eval_times`
-log-spaced times (fixed key):
+on inputs from the EMPIRICAL marginal P_hat_t (x = alpha_t x_i + sigma_t z, i uniform on the n points), as in the
+theorem, with t log-uniform on [t0, T]. Evaluated on `eval_points` fresh draws at each of `eval_times` log-spaced
+times (fixed key):
   err_t      = E_{P_hat_t} w_t ||s_theta - s*||^2     (the theorem's weighted error at time t)
   rel_err_t  = err_t / E_{P_hat_t} w_t ||s*||^2      (scale-free; w_t cancels at fixed t)
   rel_err_max = max_t rel_err_t                       (uniform in t, like the theorem's per-t bound)
-W*(n) = the smallest width with rel_err_max <= target_eps, found by log-log interpolation between
-neighbouring widths (null when even the widest net misses eps); the log-log slope of W*(n) is fitted by
-least squares. Theorem 5.1: W* = O~(n) for (i) and independent of n for (ii).
+W*(n) = the smallest width with rel_err_max <= target_eps, found by log-log interpolation between neighbouring
+widths (null when even the widest net misses eps); the log-log slope of W*(n) is fitted by least squares.
+Theorem 5.1: W* = O~(n) for (i) and independent of n for (ii).
 
-Why relative and per t: an absolute error integrated over t lets a trivial network win. At small t the
-sigma_t^4-weighted error of the network "s = -x / sigma_t^2" (denoiser D = 0) is only sigma_t^2 d, so the
-integrated absolute error is dominated by large t where the two targets agree (measured: it even decreased
-with n). Relative to w_t ||s*||^2 that network scores 1 at every t: to do better at small t it must locate
-the n training points to within sigma_t, which is where the size has to grow with n. The default window
-[t0, T] = [0.03, 1] (d = 2) is where the targets differ (beyond t ~ 1 the empirical score is the smooth
-true one at these n; far below t0 no CPU-sized net reaches any eps even for n = 4 within the step budget).
-What is measured is approximation AND optimisation (Adam, a fixed number of steps): a trained width
-reaching eps proves the width suffices; missing it does not prove it cannot.
+Why relative and per t: an absolute error integrated over t lets a trivial network win. Near a training point at
+small t the empirical score is ~ -(x - alpha_t x_i) / sigma_t^2, of squared norm ~ d / sigma_t^2, so the
+sigma_t^4-weighted error of the network s = 0 is only ~ sigma_t^2 d there: the integrated absolute error is
+dominated by large t where the two targets agree. Relative to w_t ||s*||^2 the network s = 0 scores exactly 1 at
+every t: to do better at small t a network must locate the n training points to within sigma_t, which is where its
+size has to grow with n. The window [t0, T] = [0.03, 1] (d = 2) is where the targets differ (beyond t ~ 1 the
+empirical score is the smooth true one at these n; far below t0 no CPU-sized net reaches any eps even for n = 4
+within the step budget). What is measured is approximation AND optimisation (Adam, a fixed number of steps): a
+trained width reaching eps shows the width suffices; missing it does not show that it cannot.
 
 Members sharing a width (all n, both targets, all seeds) train together as one vmapped jit step
-(diffmem.gmm_lab.train_sweep, padded + masked data, per-member target flag).
+(diffmem.training.train_sweep, padded + masked data, per-member target flag).
 
 Part 2 - exact attention form. For isotropic equal covariances both scores are ONE softmax-attention layer
-(`attention_score`): query alpha_t x / v_t, keys = values = the n training points (empirical, v_t = sigma_t^2)
-or the K means (mixture with Sigma = s^2 I, v_t = alpha_t^2 s^2 + sigma_t^2), key bias -alpha_t^2 ||k_j||^2
-/ (2 v_t) + log w_j, output (alpha_t * attention - x) / v_t. Parameters: n d (the data) against K d (+1 for
-s^2): the empirical score needs a layer that grows with n, the true score does not. The table reports the
-max |attention - closed form| against diffmem.scores.empirical_score / mixture_score.
+(`attention_score`): query alpha_t x / v_t, keys = values = the n training points (empirical, v_t = sigma_t^2) or
+the K means (mixture with Sigma = s^2 I, v_t = alpha_t^2 s^2 + sigma_t^2), key bias -alpha_t^2 ||k_j||^2 / (2 v_t)
++ log w_j, output (alpha_t * attention - x) / v_t. Parameters: n d (the data) against K d (+1 for s^2): the
+empirical score needs a layer that grows with n, the true score does not. The table reports the max
+|attention - closed form| against diffmem.scores.empirical_score / mixture_score.
+
+Randomness (diffmem.rng, under the root key of config.seed): "data" (then "mixture", and "points" with training
+point i at index i, so the first n points do not depend on the largest n), "fit" (then "init" / "train" per member
+seed), "eval" (then "data", "noise"), and the attention check of dimension d at index attention + d.
+Resume: each finished (width, n, target, seed) cell is written to <workdir>/cells/<settings hash>/; the groups keep
+orbax checkpoints in <workdir>/groups/ and resume mid-training.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import time
@@ -49,20 +53,104 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from diffmem import experiments, gmm_lab, scores, sde, train
+from diffmem import config as config_lib
+from diffmem import io, losses, plots, rng, sampling, scores, sde, training
+from diffmem.config import LAB_TIME_DISTS, MLPConfig, Schema, TrainConfig, field
 from diffmem.models import mlp
 
 Array = jax.Array
 KINDS = ("empirical", "true")
-SECTIONS = {
-    "data": ("dim", "num_components", "mean_std", "ns"),
-    "model": ("depth", "time_embed", "embed_dim", "output", "sigma_data"),
-    "train": ("steps", "batch_size", "lr", "warmup_steps", "schedule", "grad_clip", "ema_decay", "weight_decay",
-              "b1", "b2", "log_every", "ckpt_every", "keep_ckpts"),
-    "regression": ("t0", "T", "time_dist", "eval_points", "eval_times"),
-    "attention": ("ns", "dims", "num_components", "num_queries", "times"),
-}
-TOP_LEVEL = ("experiment", "seed", "preset", "widths", "target_eps", "seeds", "progress") + tuple(SECTIONS)
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(Schema):
+    """config.data: training points are the first n draws from P = (1/K) sum N(mu_k, I_d), mu_k ~ N(0, mean_std^2
+    I_d)."""
+    dim: int = field(2, min=1)
+    num_components: int = field(4, min=1)
+    mean_std: float = field(2.0, min=0, min_open=True)
+    ns: tuple[int, ...] = field((4, 8, 16, 32), item_min=2, nonempty=True)
+
+    def check(self):
+        if len(set(self.ns)) != len(self.ns):
+            raise self.fail("ns", f"must be distinct, got {list(self.ns)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RegressionConfig(Schema):
+    """config.regression: inputs x ~ P_hat_t with t on [t0, T] (`time_dist`); errors evaluated at `eval_times`
+    log-spaced times with `eval_points` draws each."""
+    t0: float = field(0.03, min=0, min_open=True)
+    T: float = field(1.0, min=0, min_open=True)
+    time_dist: str = field("log_uniform", choices=LAB_TIME_DISTS)
+    eval_points: int = field(4096, min=1)
+    eval_times: int = field(8, min=1)
+
+    def check(self):
+        if not self.T > self.t0:
+            raise self.fail("T", f"must exceed t0={self.t0:g}, got {self.T:g}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig(Schema):
+    """config.attention: the exact one-layer attention forms, checked against the closed-form scores."""
+    ns: tuple[int, ...] = field((16, 256), item_min=2, nonempty=True)
+    dims: tuple[int, ...] = field((2,), item_min=1, nonempty=True)
+    num_components: int = field(4, min=1)
+    num_queries: int = field(256, min=1)
+    times: tuple[float, ...] = field((1e-3, 1.0), item_min=0, item_open=(True, False), nonempty=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings(Schema):
+    """configs/approximation.py, validated."""
+    experiment: str = field("approximation", choices=("approximation",))
+    seed: int = field(0, min=0)
+    preset: str = field("")
+    widths: tuple[int, ...] = field((16, 32), item_min=1, nonempty=True)
+    target_eps: tuple[float, ...] = field((0.3,), item_min=0, item_max=1, item_open=(True, True), nonempty=True,
+                                          help="max-over-t relative weighted errors defining W*(n)")
+    seeds: tuple[int, ...] = field((0,), item_min=0, nonempty=True)
+    progress: bool = field(True)
+    data: DataConfig = field(DataConfig())
+    model: MLPConfig = field(MLPConfig(depth=2))
+    train: TrainConfig = field(TrainConfig())
+    regression: RegressionConfig = field(RegressionConfig())
+    attention: AttentionConfig = field(AttentionConfig())
+
+    def check(self):
+        for name in ("widths", "seeds", "target_eps"):
+            v = getattr(self, name)
+            if len(set(v)) != len(v):
+                raise self.fail(name, f"must be distinct, got {list(v)}")
+
+    @property
+    def ns(self) -> list[int]:
+        return sorted(self.data.ns)
+
+    @property
+    def width_list(self) -> list[int]:
+        return sorted(self.widths)
+
+    def model_for(self, width: int) -> mlp.ScoreMLP:
+        kw = dataclasses.asdict(self.model)
+        if kw["output"] == "edm" and not kw["sigma_data"] > 0:
+            kw["sigma_data"] = math.sqrt(self.data.mean_std ** 2 + 1.0)   # per-coordinate std of the mixture
+        return mlp.ScoreMLP(dim=self.data.dim, width=width, **kw)
+
+    def cell_hash(self) -> str:
+        """Hash of every setting that changes a cell's numbers (not the sweep lists)."""
+        data = {k: v for k, v in dataclasses.asdict(self.data).items() if k != "ns"}
+        return io.hash_json({"seed": self.seed, "data": data, "model": dataclasses.asdict(self.model),
+                             "train": dataclasses.asdict(self.train),
+                             "regression": dataclasses.asdict(self.regression)}, 10)
+
+
+def parse_config(config) -> Settings:
+    """ConfigDict -> Settings; ValueError naming config.<section>.<field> for anything unknown or out of range."""
+    return config_lib.parse_config(Settings, config)
 
 
 # --------------------------------------------------------------------------- attention form (Part 2)
@@ -115,25 +203,25 @@ def attention_apply(att: dict, x: Array, t: Array) -> Array:
     return attention_score(x, t, att["keys"], var, att["log_weights"])
 
 
-def attention_table(seed: int, ns, dims, num_components: int, mean_std: float, num_queries: int, times) -> list:
-    """Side-by-side rows: for each (d, n, t): params of the empirical vs true attention layers and the max
-    abs / relative deviation from scores.empirical_score / scores.mixture_score on P_hat_t queries."""
+def attention_table(seed: int, a: AttentionConfig, mean_std: float) -> list:
+    """Side-by-side rows: for each (d, n, t): params of the empirical vs true attention layers and the max abs /
+    relative deviation from scores.empirical_score / scores.mixture_score on P_hat_t queries."""
     rows = []
-    for d in dims:
-        key = jax.random.fold_in(jax.random.key(seed), 100 + d)
-        mix = scores.random_mixture(jax.random.fold_in(key, 0), num_components, d, mean_std)
-        for n in ns:
-            data = scores.sample_mixture(jax.random.fold_in(key, n), mix, n)
+    for d in a.dims:
+        key = rng.stream(seed, rng.index("attention") + d)
+        mix = scores.random_mixture(rng.stream(key, "mixture"), a.num_components, d, mean_std)
+        for n in a.ns:
+            data = scores.sample_mixture(rng.stream(key, n), mix, n)                    # (n, d)
             emp, tru = empirical_attention(data), mixture_attention(mix)
-            for t in times:
-                tq = jnp.full((num_queries,), float(t))
-                idx = jax.random.randint(jax.random.fold_in(key, 7 * n + 1), (num_queries,), 0, n)
-                x, _ = sde.marginal_sample(jax.random.fold_in(key, 7 * n + 2), data[idx], tq)
+            for t in a.times:
+                tq = jnp.full((a.num_queries,), float(t))
+                idx = jax.random.randint(rng.stream(key, 7 * n + 1), (a.num_queries,), 0, n)
+                x, _ = sde.marginal_sample(rng.stream(key, 7 * n + 2), data[idx], tq)     # (q, d)
                 ref_e, ref_t = scores.empirical_score(x, tq, data), scores.mixture_score(x, tq, mix)
                 got_e, got_t = attention_apply(emp, x, tq), attention_apply(tru, x, tq)
-                err = lambda a, b: float(jnp.max(jnp.abs(a - b)))
-                rel = lambda a, b: float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-                rows.append({"dim": d, "n": n, "K": num_components, "t": float(t),
+                err = lambda u, v: float(jnp.max(jnp.abs(u - v)))
+                rel = lambda u, v: float(jnp.max(jnp.abs(u - v)) / jnp.max(jnp.abs(v)))
+                rows.append({"dim": d, "n": n, "K": a.num_components, "t": float(t),
                              "params_empirical": attention_param_count(emp), "params_true": attention_param_count(tru),
                              "max_abs_err_empirical": err(got_e, ref_e), "max_abs_err_true": err(got_t, ref_t),
                              "max_rel_err_empirical": rel(got_e, ref_e), "max_rel_err_true": rel(got_t, ref_t)})
@@ -142,62 +230,30 @@ def attention_table(seed: int, ns, dims, num_components: int, mean_std: float, n
 
 # ----------------------------------------------------------------------------- regression (Part 1)
 
-def make_regression_loss(apply_fn, mix: scores.GaussianMixture, t0: float, t1: float,
-                         time_dist: str = "log_uniform"):
-    """loss(params, key, batch (b, d), member) for gmm_lab.train_sweep(extra=is_empirical (M,)).
-
-    x0 = batch (uniform over the member's n points), t on [t0, T] (`time_dist`), x = alpha_t x0 + sigma_t z
-    (so x ~ P_hat_t); target = score_hat(x, t) of the member's points with weight sigma_t^4 (member extra = 1),
-    or the true mixture score with weight sigma_t^2 (extra = 0). Returns (mean weighted squared error, {}).
-    """
-    def loss(params, key, batch, member):
-        kt, kx = jax.random.split(key)
-        t = sde.sample_time(kt, batch.shape[:1], t0, t1, time_dist)                  # (b,)
-        err, _ = weighted_errors(apply_fn, params, kx, batch, t, member, mix)
-        return jnp.mean(err), {}
-    return loss
-
-
-def weighted_errors(apply_fn, params, key, x0, t, member, mix):
-    """Per-draw w_t ||s_theta - s*||^2 and w_t ||s*||^2 at x = alpha_t x0 + sigma_t z ~ P_hat_t.
-
-    x0 (b, d), t (b,); member {"data" (n_max, d), "count" (), "extra" () > 0 for the empirical target}.
-    Returns (b,), (b,).
-    """
-    x, _ = sde.marginal_sample(key, x0, t)                                         # (b, d) ~ P_hat_t
-    data, count = member["data"], member["count"]
-    mask = (jnp.arange(data.shape[0]) < count).astype(x.dtype)                      # (n_max,)
-    s_emp = scores.score_from_stats(scores.empirical_stats(x, t, data, mask), x, t)
-    s_true = scores.mixture_score(x, t, mix)
-    is_emp = member["extra"] > 0
-    target = jnp.where(is_emp, s_emp, s_true)                                      # (b, d)
-    s2 = sde.sigma2(t)
-    w = jnp.where(is_emp, s2 * s2, s2)                                             # (b,)
-    err = w * jnp.sum((apply_fn(params, x, t) - target) ** 2, -1)
-    return err, w * jnp.sum(target ** 2, -1)
-
-
 def evaluate_members(apply_fn, params, data, counts, is_emp, mix, times, key, num_points):
     """Per-time errors of stacked members on `num_points` fresh P_hat_t draws per time (same key for all).
 
-    Returns err (M, len(times)) = E w_t ||s_theta - s*||^2 and rel (M, len(times)) = err / E w_t ||s*||^2.
+    params stacked (M, ...), data (M, n_max, d), counts (M,), is_emp (M,); x0 from stream(key, "data"), noise from
+    stream(key, "noise"). Returns err (M, len(times)) = E w_t ||s_theta - s*||^2 and rel (M, len(times)) =
+    err / E w_t ||s*||^2.
     """
     times = jnp.asarray(times, jnp.float32)
     nt = times.shape[0]
+    k_data, k_noise = rng.stream(key, "data"), rng.stream(key, "noise")
 
     def one(p, d, c, e):
         member = {"data": d, "count": c, "extra": e}
-        x0 = gmm_lab.masked_batch(jax.random.fold_in(key, 0), d, c, nt * num_points)     # (T P, d)
-        t = jnp.repeat(times, num_points)                                                 # (T P,)
-        err, norm = weighted_errors(apply_fn, p, jax.random.fold_in(key, 1), x0, t, member, mix)
-        err, norm = err.reshape(nt, num_points).mean(1), norm.reshape(nt, num_points).mean(1)
+        x0 = training.masked_batch(k_data, d, c, nt * num_points)                                  # (T P, d)
+        t = jnp.repeat(times, num_points)                                                          # (T P,)
+        err, norm = losses.regression_errors(apply_fn, p, k_noise, x0, t, member, mix)            # (T P,) x 2
+        err, norm = err.reshape(nt, num_points).mean(1), norm.reshape(nt, num_points).mean(1)     # (T,) x 2
         return err, err / norm
     return jax.jit(jax.vmap(one))(params, data, counts, is_emp)
 
 
 def width_star(widths, rel_errs, eps: float) -> Optional[float]:
-    """Smallest width with rel_err <= eps, log-log interpolated between the neighbouring widths; None if no
-    width reaches eps. rel_errs need not be monotone: the first crossing from above counts."""
+    """Smallest width with rel_err <= eps, log-log interpolated between the neighbouring widths; None if no width
+    reaches eps. rel_errs need not be monotone: the first crossing from above counts."""
     w = np.asarray(widths, float)
     e = np.asarray(rel_errs, float)
     if e[0] <= eps:
@@ -218,79 +274,15 @@ def loglog_slope(xs, ys) -> Optional[float]:
     return float(np.polyfit(a[:, 0], a[:, 1], 1)[0])
 
 
-# --------------------------------------------------------------------------------------- config
+# ------------------------------------------------------------------------------------------------ run
 
-def _ints(name, v, minimum=1):
-    v = list(v)
-    if not v or any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < minimum for x in v):
-        raise ValueError(f"{name} must be a non-empty list of ints >= {minimum}, got {v}")
-    return [int(x) for x in v]
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    seed: int
-    data: dict
-    model: dict
-    train: train.TrainConfig
-    regression: dict
-    attention: dict
-    widths: tuple
-    target_eps: tuple
-    seeds: tuple
-    progress: bool
-
-    def cell_hash(self) -> str:
-        blob = json.dumps({"seed": self.seed, "data": {k: v for k, v in self.data.items() if k != "ns"},
-                           "model": self.model, "train": dataclasses.asdict(self.train),
-                           "regression": self.regression}, sort_keys=True)
-        return hashlib.sha1(blob.encode()).hexdigest()[:10]
-
-
-def parse_config(config) -> Settings:
-    """ConfigDict -> Settings; ValueError naming the field for anything unknown or out of range."""
-    unknown = sorted(set(config.keys()) - set(TOP_LEVEL))
-    if unknown:
-        raise ValueError(f"unknown top-level config key(s) {unknown}; accepted: {list(TOP_LEVEL)}")
-    sec = {k: experiments.config_section(config, k, SECTIONS[k]) for k in SECTIONS}
-    data = sec["data"]
-    data["ns"] = sorted(set(_ints("config.data.ns", data["ns"], 2)))
-    for k in ("dim", "num_components"):
-        _ints(f"config.data.{k}", [data[k]])
-    if not float(data["mean_std"]) > 0:
-        raise ValueError(f"config.data.mean_std must be > 0, got {data['mean_std']}")
-    model, reg = sec["model"], sec["regression"]
-    tcfg = gmm_lab.check_lab_config(model, sec["train"], reg, "regression")
-    _ints("config.regression.eval_points", [reg["eval_points"]])
-    _ints("config.regression.eval_times", [reg["eval_times"]])
-    att = sec["attention"]
-    _ints("config.attention.ns", att["ns"], 2)
-    _ints("config.attention.dims", att["dims"])
-    _ints("config.attention.num_components", [att["num_components"]])
-    _ints("config.attention.num_queries", [att["num_queries"]])
-    if not list(att["times"]) or any(not float(t) > 0 for t in att["times"]):
-        raise ValueError(f"config.attention.times must be a non-empty list of times > 0, got {list(att['times'])}")
-    eps = config.target_eps
-    eps = tuple(float(e) for e in (eps if isinstance(eps, (list, tuple)) else [eps]))
-    if not eps or any(not 0 < e < 1 for e in eps):
-        raise ValueError(f"config.target_eps must be relative errors in (0, 1), got {config.target_eps}")
-    widths = tuple(sorted(set(_ints("config.widths", config.widths))))
-    seeds = tuple(_ints("config.seeds", config.seeds, 0))
-    return Settings(seed=int(config.seed), data=data, model=model, train=tcfg,
-                    regression=dict(t0=float(reg["t0"]), T=float(reg["T"]), time_dist=reg["time_dist"],
-                                    eval_points=int(reg["eval_points"]), eval_times=int(reg["eval_times"])),
-                    attention=att, widths=widths, target_eps=eps, seeds=seeds,
-                    progress=bool(config.get("progress", True)))
-
-
-# ------------------------------------------------------------------------------------------ run
-
-def _mixture_and_points(s: Settings):
-    d = s.data
-    key = jax.random.fold_in(jax.random.key(s.seed), 0)
-    mix = scores.random_mixture(jax.random.fold_in(key, 0), d["num_components"], d["dim"], float(d["mean_std"]))
-    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, 1), i))(jnp.arange(max(d["ns"])))
-    pts = np.asarray(jax.vmap(lambda k: scores.sample_mixture(k, mix, 1)[0])(keys))  # prefix-stable draws
+def mixture_and_points(s: Settings):
+    """The mixture and the first max(ns) training points (n_max, d); point i from stream(seed, "data", "points",
+    i), so every prefix is the same whatever the largest n."""
+    key = rng.stream(s.seed, "data")
+    mix = scores.random_mixture(rng.stream(key, "mixture"), s.data.num_components, s.data.dim, s.data.mean_std)
+    keys = sampling.per_sample_keys(rng.stream(key, "points"), max(s.ns))                       # (n_max,)
+    pts = np.asarray(jax.vmap(lambda k: scores.sample_mixture(k, mix, 1)[0])(keys))              # (n_max, d)
     return mix, pts
 
 
@@ -302,43 +294,39 @@ def run(config, workdir: str) -> dict:
     """Runs (or resumes) both parts; writes results.json and approximation.png. See the module docstring."""
     tic = time.perf_counter()
     s = parse_config(config)
-    cell_dir = os.path.join(workdir, "cells", s.cell_hash())
-    os.makedirs(cell_dir, exist_ok=True)
-    mix, pts = _mixture_and_points(s)
-    ns, reg = s.data["ns"], s.regression
-    times = np.geomspace(reg["t0"], reg["T"], reg["eval_times"])
-    model_kw = dict(s.model)
-    if model_kw["output"] == "edm" and not model_kw["sigma_data"] > 0:
-        model_kw["sigma_data"] = math.sqrt(float(s.data["mean_std"]) ** 2 + 1.0)
+    wd = io.path(workdir)
+    cell_dir = io.makedirs(wd / "cells" / s.cell_hash())
+    mix, pts = mixture_and_points(s)
+    ns, reg = s.ns, s.regression
+    times = np.geomspace(reg.t0, reg.T, reg.eval_times)                                         # (T,)
     members = [(n, kind, seed) for n in ns for kind in KINDS for seed in s.seeds]
-    data, mask = gmm_lab.pad_datasets([pts[:n] for n, _, _ in members])
-    counts = gmm_lab.mask_counts(mask)
-    is_emp = jnp.asarray([1.0 if kind == "empirical" else 0.0 for _, kind, _ in members])
+    data, mask = training.pad_datasets([pts[:n] for n, _, _ in members])                         # (M, n_max, d)
+    counts = training.mask_counts(mask)                                                           # (M,)
+    is_emp = jnp.asarray([1.0 if kind == "empirical" else 0.0 for _, kind, _ in members])        # (M,)
     group_timings = []
-    for width in s.widths:
+    for width in s.width_list:
         ids = [_cell_id(width, n, kind, seed) for n, kind, seed in members]
-        if all(os.path.exists(os.path.join(cell_dir, i + ".json")) for i in ids):
+        if all(io.exists(cell_dir / f"{i}.json") for i in ids):
             continue
-        model = mlp.ScoreMLP(dim=s.data["dim"], width=width, **model_kw)
+        model = s.model_for(width)
         apply_fn = mlp.make_apply(model)
         n_params = mlp.mlp_param_count(model.dim, width, model.depth, model.time_embed, model.embed_dim)
         logging.info("approximation: width %d (%d params), %d members", width, n_params, len(members))
-        key = jax.random.fold_in(jax.random.key(s.seed), 1)
-        params = gmm_lab.init_members(lambda k: mlp.init_params(model, k),
-                                      jnp.stack([jax.random.fold_in(jax.random.fold_in(key, 0), sd)
-                                                 for _, _, sd in members]))
-        mkeys = jnp.stack([jax.random.fold_in(jax.random.fold_in(key, 1), sd) for _, _, sd in members])
-        loss = make_regression_loss(apply_fn, mix, reg["t0"], reg["T"], reg["time_dist"])
+        key = rng.stream(s.seed, "fit")
+        params = training.init_members(lambda k: mlp.init_params(model, k),
+                                       jnp.stack([rng.stream(key, "init", sd) for _, _, sd in members]))
+        mkeys = jnp.stack([rng.stream(key, "train", sd) for _, _, sd in members])
+        loss = losses.make_regression_loss(apply_fn, mix, reg.t0, reg.T, reg.time_dist)
         t_start = time.perf_counter()
-        states, hist = gmm_lab.train_sweep(
+        states, hist = training.train_sweep(
             loss, params, data, mask, [s.train.weight_decay] * len(members), mkeys, s.train,
-            os.path.join(workdir, "groups", s.cell_hash(), f"w{width}"), s.progress, f"width {width}", extra=is_emp)
+            os.fspath(wd / "groups" / s.cell_hash() / f"w{width}"), s.progress, f"width {width}", extra=is_emp)
         train_s = time.perf_counter() - t_start
         err_t, rel_t = evaluate_members(apply_fn, states.ema_params, jnp.asarray(data), jnp.asarray(counts), is_emp,
-                                        mix, times, jax.random.fold_in(jax.random.key(s.seed), 2), reg["eval_points"])
-        err_t, rel_t = np.asarray(err_t), np.asarray(rel_t)
+                                        mix, times, rng.stream(s.seed, "eval"), reg.eval_points)
+        err_t, rel_t = np.asarray(err_t), np.asarray(rel_t)                                      # (M, T) x 2
         for i, ((n, kind, seed), cid) in enumerate(zip(members, ids)):
-            experiments.write_json(os.path.join(cell_dir, cid + ".json"), {
+            io.write_json(cell_dir / f"{cid}.json", {
                 "width": width, "n": n, "kind": kind, "seed": seed, "params": n_params,
                 "times": times.tolist(), "err_t": err_t[i].tolist(), "rel_err_t": rel_t[i].tolist(),
                 "rel_err_max": float(rel_t[i].max()), "rel_err_mean": float(rel_t[i].mean()),
@@ -346,21 +334,18 @@ def run(config, workdir: str) -> dict:
         group_timings.append({"width": width, "members": len(members), "train_seconds": train_s})
 
     cells = {}
-    for width in s.widths:
+    for width in s.width_list:
         for n, kind, seed in members:
             cid = _cell_id(width, n, kind, seed)
-            with open(os.path.join(cell_dir, cid + ".json")) as f:
-                cells[cid] = json.load(f)
+            cells[cid] = io.read_json(cell_dir / f"{cid}.json")
     results = assemble(s, cells)
     logging.info("approximation: attention table")
-    a = s.attention
-    results["attention"] = attention_table(s.seed, list(a["ns"]), list(a["dims"]), int(a["num_components"]),
-                                           float(s.data["mean_std"]), int(a["num_queries"]), list(a["times"]))
+    results["attention"] = attention_table(s.seed, s.attention, s.data.mean_std)
     results["group_timings"] = group_timings
     results["wall_seconds"] = time.perf_counter() - tic
     results["config_hash"] = s.cell_hash()
-    make_plot(results, os.path.join(workdir, "approximation.png"))
-    experiments.write_json(os.path.join(workdir, "results.json"), results)
+    make_plot(results, wd / "approximation.png")
+    io.write_json(wd / "results.json", results)
     for k, v in results["width_star"].items():
         logging.info("W*(n) %s: %s (log-log slope %s)", k, v, results["width_star_loglog_slope"][k])
     return results
@@ -368,7 +353,7 @@ def run(config, workdir: str) -> dict:
 
 def assemble(s: Settings, cells: dict) -> dict:
     """Tables (kind -> (widths, ns), seed-averaged), W*(n) per target eps on rel_err_max, log-log slopes."""
-    ns, widths = s.data["ns"], list(s.widths)
+    ns, widths = s.ns, s.width_list
     tables = {}
     for kind in KINDS:
         tables[kind] = {key: [[float(np.mean([cells[_cell_id(w, n, kind, sd)][key] for sd in s.seeds]))
@@ -392,7 +377,7 @@ def assemble(s: Settings, cells: dict) -> dict:
                                             for eps in s.target_eps},
     }
     return {"experiment": "approximation", "ns": ns, "widths": widths, "params": params,
-            "depth": s.model["depth"], "target_eps": list(s.target_eps),
+            "depth": s.model.depth, "target_eps": list(s.target_eps),
             "times": cells[_cell_id(widths[0], ns[0], KINDS[0], s.seeds[0])]["times"], "errors": tables,
             "width_star": wstar, "width_star_loglog_slope": slopes, "rel_err_vs_n_loglog_slope": err_slopes,
             "summary": summary, "cells": cells}
@@ -417,13 +402,10 @@ def _not_growing(ws, widths) -> dict:
             "note": "W* = smallest width of the grid is an upper bound" if min(ws) <= widths[0] else None}
 
 
-def make_plot(results: dict, path: str) -> None:
-    """Left: rel_err_max vs width per n (solid empirical, dashed true). Middle: per-t relative error of the
-    widest net. Right: W*(n) on log-log axes."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def make_plot(results: dict, path) -> None:
+    """Left: rel_err_max vs width per n (solid empirical, dashed true). Middle: per-t relative error of the widest
+    net. Right: W*(n) on log-log axes."""
+    plt = plots.pyplot()
     ns, widths = results["ns"], results["widths"]
     fig, (a1, a3, a2) = plt.subplots(1, 3, figsize=(15, 4.2))
     cmap = plt.get_cmap("viridis")
@@ -439,17 +421,12 @@ def make_plot(results: dict, path: str) -> None:
                 label=f"n={n} true")
     for eps in results["target_eps"]:
         a1.axhline(eps, c="gray", lw=0.8, ls=":")
+    a1.set(xscale="log", yscale="log", xlabel="width W", ylabel="max over t of relative weighted error",
+           title=f"fit error (depth {results['depth']})")
     a1.set_xscale("log", base=2)
-    a1.set_yscale("log")
-    a1.set_xlabel("width W")
-    a1.set_ylabel("max over t of relative weighted error")
     a1.legend(fontsize=6, ncol=2)
-    a1.set_title(f"fit error (depth {results['depth']})")
-    a3.set_xscale("log")
-    a3.set_yscale("log")
-    a3.set_xlabel("t")
-    a3.set_ylabel("relative weighted error at t")
-    a3.set_title(f"per-t error, width {widths[-1]}")
+    a3.set(xscale="log", yscale="log", xlabel="t", ylabel="relative weighted error at t",
+           title=f"per-t error, width {widths[-1]}")
     a3.legend(fontsize=6, ncol=2)
     for eps in results["target_eps"]:
         for kind, ls in (("empirical", "-o"), ("true", "--s")):
@@ -464,10 +441,7 @@ def make_plot(results: dict, path: str) -> None:
         a2.set_yscale("log", base=2)
     else:
         a2.text(0.5, 0.5, "no width reached any target eps", ha="center", transform=a2.transAxes)
-    a2.set_xlabel("n")
-    a2.set_ylabel("W* (smallest width reaching eps)")
+    a2.set(xlabel="n", ylabel="W* (smallest width reaching eps)", title="Theorem 5.1: W*(n)")
     a2.legend(fontsize=7)
-    a2.set_title("Theorem 5.1: W*(n)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save_figure(fig, path, dpi=110)

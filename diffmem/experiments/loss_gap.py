@@ -1,14 +1,17 @@
-"""Statistical separation (PAPER.md section 2): Loss-Gap_t against t, n and d (Figure 1, Theorem 4.3).
+"""Statistical separation (arXiv 2511.03202, Section 4): Loss-Gap_t against t, n and d (Figure 1, Theorem 4.3).
 
-For each dimension d, a K-mixture P is drawn once; R training sets of n_max points are drawn from it,
-and each n of the sweep uses the first n points (a prefix mask over one padded array), so the whole
-n sweep is ONE jax.vmap under ONE jax.jit (traced once per d). Per (d, n, t) we report both estimators
-of Proposition 4.1 on the same draws, the bound's shape d / sigma_t^2 + tr(Sigma), and
-gap * sigma_t^2 / d, whose limit as t -> 0 is 1.
+For each dimension d a K-mixture P is drawn once; R training sets of n_max points are drawn from it, and each n of
+the sweep uses the first n points (a prefix mask over one padded array), so the whole n sweep is ONE jax.vmap under
+ONE jax.jit (traced once per d). Per (d, n, t) we report both estimators of Proposition 4.1 on the same draws, the
+bound's shape d / sigma_t^2 + tr(Sigma), and gap * sigma_t^2 / d, whose limit as t -> 0 is 1.
+
+Randomness (diffmem.rng): the key of dimension d is stream(seed, d); under it the mixture ("mixture") and training
+set r at index gap_sets + r; under a training set's key its points ("data") and the Monte-Carlo draws ("queries"),
+then the index i of n in the sorted sweep and the index j of t on the grid.
 """
 from __future__ import annotations
 
-import os
+import dataclasses
 import time
 
 import jax
@@ -17,49 +20,66 @@ import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
 
-from diffmem import losses, scores, sde
-from diffmem.experiments import write_json
+from diffmem import config as config_lib
+from diffmem import io, losses, plots, rng, sampling, scores, sde
+from diffmem.config import Schema, field
+
+Array = jax.Array
 
 
-def validate(c) -> None:
-    """Clear errors for bad config values (field name and accepted range)."""
-    if not c.t0 > 0:
-        raise ValueError(f"config.t0 must be > 0, got {c.t0}")
-    if not c.t1 > c.t0:
-        raise ValueError(f"config.t1 (T) must be > config.t0, got t0={c.t0}, t1={c.t1}")
-    if not c.ns or min(c.ns) < 1:
-        raise ValueError(f"config.ns must be non-empty sizes >= 1, got {c.ns}")
-    if not c.dims or min(c.dims) < 1:
-        raise ValueError(f"config.dims must be non-empty dimensions >= 1, got {c.dims}")
-    for f in ("num_times", "num_datasets", "num_queries", "chunk", "num_components"):
-        if int(c[f]) < 1:
-            raise ValueError(f"config.{f} must be >= 1, got {c[f]}")
-    if c.num_queries < 2:
-        raise ValueError(f"config.num_queries must be >= 2 (standard errors), got {c.num_queries}")
-    if not c.cov_scale > 0 or not c.mean_std >= 0:
-        raise ValueError(f"config.cov_scale must be > 0 and mean_std >= 0, got {c.cov_scale}, {c.mean_std}")
+@dataclasses.dataclass(frozen=True)
+class Settings(Schema):
+    """configs/loss_gap.py, validated. P = (1/K) sum_k N(mu_k, cov_scale^2 I_d), mu_k ~ N(0, mean_std^2 I_d)."""
+    experiment: str = field("loss_gap", choices=("loss_gap",))
+    seed: int = field(0, min=0)
+    preset: str = field("")
+    num_components: int = field(8, min=1)
+    mean_std: float = field(2.0, min=0)
+    cov_scale: float = field(1.0, min=0, min_open=True, help="s; tr(Sigma) = d s^2")
+    dims: tuple[int, ...] = field((8,), item_min=1, nonempty=True)
+    ns: tuple[int, ...] = field((100,), item_min=1, nonempty=True, help="training-set sizes")
+    t0: float = field(1e-3, min=0, min_open=True, help="smallest time of the log grid")
+    t1: float = field(3.0, min=0, min_open=True, help="T, the largest time of the grid")
+    num_times: int = field(12, min=1)
+    num_datasets: int = field(4, min=1, help="independent training sets D (the E_D of Theorem 4.3)")
+    num_queries: int = field(1024, min=2, help="Monte-Carlo draws X ~ P_hat_t per (set, n, t); >= 2 (stderr)")
+    chunk: int = field(4096, min=1, help="training points per streamed chunk of the empirical score")
+    time_loop: bool = field(True, help="also time the same n sweep as a Python loop over n")
+    progress: bool = field(True)
 
+    def check(self):
+        if not self.t1 > self.t0:
+            raise self.fail("t1", f"(T) must exceed config.t0={self.t0:g}, got {self.t1:g}")
+        for name in ("dims", "ns"):
+            v = getattr(self, name)
+            if len(set(v)) != len(v):
+                raise self.fail(name, f"must be distinct, got {list(v)}")
+
+
+def parse_config(config) -> Settings:
+    """ConfigDict -> Settings; ValueError naming config.<field> for anything unknown or out of range."""
+    return config_lib.parse_config(Settings, config)
+
+
+# ------------------------------------------------------------------------------------------- estimators
 
 def gap_terms(key, ts, data, mask, mix, num_queries, chunk):
-    """Estimator terms for one training set (n_max, d) and one mask (n_max,) at every t of `ts`.
+    """Estimator terms for one training set data (n_max, d) and one mask (n_max,) at every t of ts (T,).
 
-    Returns {'a': (T, q), 'b': (T, q)} (Proposition 4.1 (a) and (b) on the same draws).
-    The key of time index j is fold_in(key, j), so results do not depend on how the sweep is batched.
+    Returns {'a': (T, q), 'b': (T, q)} (Proposition 4.1 (a) and (b) on the same draws). The key of time index j is
+    fold_in(key, j) (a traced index), so results do not depend on how the sweep is batched.
     """
     def one_t(j):
-        return losses.loss_gap_samples(jax.random.fold_in(key, j), ts[j], data, mix, num_queries,
-                                       mask, chunk)
+        return losses.loss_gap_samples(jax.random.fold_in(key, j), ts[j], data, mix, num_queries, mask, chunk)
     return jax.lax.map(one_t, jnp.arange(ts.shape[0]))
 
 
 def make_sweep_fn(mix, ts, num_queries, chunk):
-    """The n sweep for one training set as one vmap over masks, jit-compiled.
-
-    `sweep.traces` counts how often it was traced (the experiment asserts 1 for all training sets).
-    """
+    """The n sweep for one training set as one vmap over masks, jit-compiled; the key of n index i is
+    fold_in(key, i). `sweep.traces()` counts how often it was traced (the experiment asserts 1 per d)."""
     def sweep(key, data, masks):        # data (n_max, d), masks (N, n_max) -> {'a','b'}: (N, T, q)
         sweep.traces += 1               # runs at trace time only
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(masks.shape[0]))
+        keys = sampling.per_sample_keys(key, masks.shape[0])                       # (N,) key i = fold_in(key, i)
         return jax.vmap(lambda k, m: gap_terms(k, ts, data, m, mix, num_queries, chunk))(keys, masks)
     sweep.traces = 0
     jitted = jax.jit(sweep)
@@ -84,8 +104,8 @@ def summarize(a: np.ndarray, b: np.ndarray) -> dict:
         within = x.std(ddof=1) / np.sqrt(x.size)
         across = per_set.std(ddof=1) / np.sqrt(r) if r > 1 else 0.0
         out[f"{name}_mean"] = float(x.mean())
-        # Standard error of the E_D estimate: the across-set one has only R - 1 degrees of freedom and
-        # can come out below the within-set one by chance, so report the larger of the two.
+        # Standard error of the E_D estimate: the across-set one has only R - 1 degrees of freedom and can come out
+        # below the within-set one by chance, so report the larger of the two.
         out[f"{name}_stderr"] = float(max(across, within))
         out[f"{name}_stderr_across_sets"] = float(across)
         out[f"{name}_stderr_within"] = float(within)
@@ -98,57 +118,60 @@ def summarize(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def integrated_gap(ts: np.ndarray, gap: np.ndarray) -> np.ndarray:
-    """int_{t0_j}^{T} Loss-Gap_t dt for every grid point t0_j (trapezoid in log t: gap(t) t dlog t)."""
+    """int_{t0_j}^{T} Loss-Gap_t dt for every grid point t0_j of ts (T,) (trapezoid in log t: gap(t) t dlog t)."""
     f = gap * ts
     lt = np.log(ts)
     seg = 0.5 * (f[1:] + f[:-1]) * np.diff(lt)                  # (T-1,)
     return np.concatenate([np.cumsum(seg[::-1])[::-1], [0.0]])
 
 
+# ------------------------------------------------------------------------------------------------ run
+
+def _set_key(kd, r: int):
+    """Training set r of dimension key kd: index gap_sets + r (the numbers of the first release)."""
+    return rng.stream(kd, rng.index("gap_sets") + r)
+
+
 def run(config, workdir: str) -> dict:
-    validate(config)
-    c = config
-    ts = np.asarray(sde.log_time_grid(c.t0, c.t1, c.num_times))
-    ns = sorted(int(n) for n in c.ns)
+    s = parse_config(config)
+    ts = np.asarray(sde.log_time_grid(s.t0, s.t1, s.num_times))                       # (T,)
+    ns = sorted(s.ns)
     n_max = ns[-1]
     masks = jnp.asarray(np.arange(n_max)[None, :] < np.asarray(ns)[:, None], jnp.float32)  # (N, n_max)
-    base = jax.random.key(c.seed)
     records, timing, integrated = [], {}, []
-    for d in c.dims:
-        kd = jax.random.fold_in(base, d)
-        mix = scores.random_mixture(jax.random.fold_in(kd, 0), c.num_components, d, c.mean_std,
-                                    c.cov_scale)
-        sweep = make_sweep_fn(mix, jnp.asarray(ts), c.num_queries, c.chunk)
-        loop = make_loop_fn(mix, jnp.asarray(ts), c.num_queries, c.chunk)
+    for d in s.dims:
+        kd = rng.stream(s.seed, d)
+        mix = scores.random_mixture(rng.stream(kd, "mixture"), s.num_components, d, s.mean_std, s.cov_scale)
+        sweep = make_sweep_fn(mix, jnp.asarray(ts), s.num_queries, s.chunk)
+        loop = make_loop_fn(mix, jnp.asarray(ts), s.num_queries, s.chunk)
         res_a, res_b = [], []                                   # (R, N, T, q) after stacking
         t_vmap = t_loop = 0.0
-        for r in tqdm(range(c.num_datasets), desc=f"d={d}: training sets", leave=False):
-            kr = jax.random.fold_in(kd, 1 + r)
-            data = scores.sample_mixture(jax.random.fold_in(kr, 0), mix, n_max)  # (n_max, d)
-            kq = jax.random.fold_in(kr, 1)
+        for r in tqdm(range(s.num_datasets), desc=f"d={d}: training sets", leave=False, disable=not s.progress):
+            kr = _set_key(kd, r)
+            data = scores.sample_mixture(rng.stream(kr, "data"), mix, n_max)          # (n_max, d)
+            kq = rng.stream(kr, "queries")
             t_start = time.perf_counter()
             out = jax.block_until_ready(sweep(kq, data, masks))
             t_vmap += time.perf_counter() - t_start
             res_a.append(np.asarray(out["a"]))
             res_b.append(np.asarray(out["b"]))
-            if c.time_loop:
+            if s.time_loop:
                 t_start = time.perf_counter()
-                loop_out = [loop(jax.random.fold_in(kq, i), data[:n]) for i, n in enumerate(ns)]
+                loop_out = [loop(rng.stream(kq, i), data[:n]) for i, n in enumerate(ns)]
                 jax.block_until_ready(loop_out)
                 t_loop += time.perf_counter() - t_start
                 if r == 0:   # the loop must give the vmapped numbers (same keys, same draws)
                     timing.setdefault("loop_vs_vmap_max_rel_diff", {})[str(d)] = float(max(
-                        np.max(np.abs(np.asarray(lo["a"]) - res_a[0][i]))
-                        / (np.max(np.abs(res_a[0][i])) + 1e-30) for i, lo in enumerate(loop_out)))
+                        np.max(np.abs(np.asarray(lo["a"]) - res_a[0][i])) / (np.max(np.abs(res_a[0][i])) + 1e-30)
+                        for i, lo in enumerate(loop_out)))
         if sweep.traces() != 1:
             raise AssertionError(f"the vmapped n sweep traced {sweep.traces()} times for d={d}, expected 1")
         timing[f"vmap_traces_d{d}"] = sweep.traces()
         timing[f"vmap_seconds_d{d}"] = t_vmap
-        if c.time_loop:
+        if s.time_loop:
             timing[f"loop_seconds_d{d}"] = t_loop
         logging.info("d=%d: vmapped n sweep %.1fs, Python loop %.1fs", d, t_vmap, t_loop)
-        a = np.stack(res_a)                                     # (R, N, T, q)
-        b = np.stack(res_b)
+        a, b = np.stack(res_a), np.stack(res_b)                 # (R, N, T, q)
         trace_cov = float(mix.trace_cov())
         for i, n in enumerate(ns):
             gaps = []
@@ -164,17 +187,15 @@ def run(config, workdir: str) -> dict:
             integ = integrated_gap(ts, np.asarray(gaps))
             for j, t in enumerate(ts[:-1]):
                 integrated.append({"d": d, "n": n, "t0": float(t), "log_1_over_t0": float(-np.log(t)),
-                                   "integrated_gap": float(integ[j]),
-                                   "d_log_1_over_t0": float(-d * np.log(t))})
+                                   "integrated_gap": float(integ[j]), "d_log_1_over_t0": float(-d * np.log(t))})
     timing["vmap_seconds_total"] = sum(v for k, v in timing.items() if k.startswith("vmap_seconds_d"))
-    if c.time_loop:
+    if s.time_loop:
         timing["loop_seconds_total"] = sum(v for k, v in timing.items() if k.startswith("loop_seconds_d"))
     summary = _summary(records, ts)
-    results = {"experiment": "loss_gap", "records": records, "integrated": integrated,
-               "timing": timing, "summary": summary, "times": ts.tolist(), "ns": ns,
-               "dims": list(c.dims)}
-    write_json(os.path.join(workdir, "results.json"), results)
-    _plot(records, integrated, c, workdir)
+    results = {"experiment": "loss_gap", "records": records, "integrated": integrated, "timing": timing,
+               "summary": summary, "times": ts.tolist(), "ns": ns, "dims": list(s.dims)}
+    io.write_json(io.path(workdir) / "results.json", results)
+    _plot(records, integrated, s, workdir)
     logging.info("loss_gap summary: %s", summary)
     return results
 
@@ -191,12 +212,10 @@ def _summary(records, ts) -> dict:
     }
 
 
-def _plot(records, integrated, c, workdir) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    dims, ns = list(c.dims), sorted(set(r["n"] for r in records))
+def _plot(records, integrated, s: Settings, workdir) -> None:
+    plt = plots.pyplot()
+    wd = io.path(workdir)
+    dims, ns = list(s.dims), sorted(set(r["n"] for r in records))
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(ns)))
     fig, axes = plt.subplots(1, len(dims), figsize=(4.5 * len(dims), 4), squeeze=False)
     for ax, d in zip(axes[0], dims):
@@ -211,23 +230,21 @@ def _plot(records, integrated, c, workdir) -> None:
         ax.set(xscale="log", yscale="log", xlabel="t", ylabel=r"Loss-Gap$_t$", title=f"d = {d}")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "loss_gap_vs_t.png"), dpi=120)
-    plt.close(fig)
+    plots.save_figure(fig, wd / "loss_gap_vs_t.png")
 
     fig, axes = plt.subplots(1, len(dims), figsize=(4.5 * len(dims), 4), squeeze=False)
     for ax, d in zip(axes[0], dims):
         for col, n in zip(colors, ns):
             rs = [r for r in integrated if r["d"] == d and r["n"] == n]
-            ax.plot([r["log_1_over_t0"] for r in rs], [r["integrated_gap"] for r in rs], "o-",
-                    color=col, ms=3, label=f"n={n}")
+            ax.plot([r["log_1_over_t0"] for r in rs], [r["integrated_gap"] for r in rs], "o-", color=col, ms=3,
+                    label=f"n={n}")
         rs = [r for r in integrated if r["d"] == d and r["n"] == ns[0]]
         ax.plot([r["log_1_over_t0"] for r in rs], [r["d_log_1_over_t0"] for r in rs], "k--",
                 label=r"$d\,\log(1/t_0)$")
         ax.set(xlabel=r"$\log(1/t_0)$", ylabel=r"$\int_{t_0}^{T}$ Loss-Gap$_t\,dt$", title=f"d = {d}")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "integrated_gap.png"), dpi=120)
-    plt.close(fig)
+    plots.save_figure(fig, wd / "integrated_gap.png")
 
     fig, ax = plt.subplots(figsize=(5, 4))
     for d in dims:
@@ -237,5 +254,4 @@ def _plot(records, integrated, c, workdir) -> None:
     ax.set(xscale="log", xlabel="t", ylabel=r"Loss-Gap$_t\,\sigma_t^2/d$", title=f"n = {ns[-1]}")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "gap_sigma2_over_d.png"), dpi=120)
-    plt.close(fig)
+    plots.save_figure(fig, wd / "gap_sigma2_over_d.png")

@@ -263,7 +263,7 @@ def top(cls: type, config, **fixed):
 # =============================================================================================== shared sections
 
 SCHEDULES = ("constant", "cosine")
-SAMPLER_METHODS = ("sde", "ode")
+SAMPLER_METHODS = ("sde", "ode", "ancestral")
 GRID_SPACINGS = ("log", "linear", "ddpm")
 MODEL_DTYPES = ("float32", "bfloat16")
 REFERENCES = ("heldout", "test", "all")
@@ -301,7 +301,8 @@ RESUMABLE_TRAIN_FIELDS = ("steps", "log_every", "ckpt_every", "keep_ckpts")
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig(Schema):
     """Reverse-time sampler (diffmem.sampling): `steps` intervals of a `spacing` grid from T down to t0, reverse
-    SDE ('sde', Euler-Maruyama) or probability-flow ODE ('ode', Heun), Tweedie denoising at t0 (`denoise`);
+    SDE ('sde', Euler-Maruyama), probability-flow ODE ('ode', Heun) or the ancestral sampler ('ancestral': the exact
+    OU posterior at the Tweedie estimate, DDPM's), Tweedie denoising at t0 (`denoise`);
     sample i from fold_in(key, i). Image DiTs always use the grid uniform in DDPM unit time ('ddpm') and sample
     with the EMA parameters when use_ema."""
     num_samples: int = field(1000, min=1)
@@ -316,10 +317,14 @@ class SamplerConfig(Schema):
 @dataclasses.dataclass(frozen=True)
 class ImageDataConfig(Schema):
     """Training images (config.data): diffmem.data.load_images(name, n, seed), a seeded random subset; data_dir is
-    the TFDS data directory ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)."""
+    the TFDS data directory ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets); crop (center crop to crop x crop
+    pixels, 0 = off) and pool (pool x pool average pooling, 1 = off) make images the size the DiT needs, explicitly:
+    nothing is resized otherwise."""
     name: str = field("digits")
     seed: int = field(0, min=0)
     data_dir: str = field("")
+    crop: int = field(0, min=0)
+    pool: int = field(1, min=1)
 
     def check(self):
         from diffmem import data

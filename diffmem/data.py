@@ -342,24 +342,52 @@ def _load_tfds(ds_name, n, seed, split, class_balanced, data_dir) -> ImageData:
 
 
 def load_images(name: str = "digits", n: int | None = None, seed: int = 0, split: str = "train",
-                class_balanced: bool = False, data_dir: str | os.PathLike | None = None) -> ImageData:
+                class_balanced: bool = False, data_dir: str | os.PathLike | None = None, crop: int = 0,
+                pool: int = 1) -> ImageData:
     """Loads a deterministic subset of an image set as float32 (n, H, W, C) in [-1, 1] (see the module doc).
 
     n=None takes all images; otherwise a random subset of size n chosen by `seed` (class-balanced on request:
     n / num_classes images of every class). data_dir is the TFDS data directory (default $TFDS_DATA_DIR or
-    ~/tensorflow_datasets); other sources ignore it.
+    ~/tensorflow_datasets); other sources ignore it. crop > 0 center-crops to crop x crop pixels, then pool > 1
+    average-pools pool x pool blocks (`resize`); the name records both.
     """
     if not isinstance(name, str):
         raise ValueError(f"name must be a str, one of {', '.join(ACCEPTED_NAMES)}; got {name!r}")
     kind, _, rest = name.partition(":")
     if name == "digits":
-        return _load_digits(n, seed, split, class_balanced)
-    if kind in ("tfds", "npz", "idx") and rest:
+        d = _load_digits(n, seed, split, class_balanced)
+    elif kind in ("tfds", "npz", "idx") and rest:
         loader = {"tfds": lambda: _load_tfds(rest, n, seed, split, class_balanced, data_dir),
                   "npz": lambda: _load_npz(rest, n, seed, split, class_balanced),
                   "idx": lambda: _load_idx(rest, n, seed, split, class_balanced)}[kind]
-        return loader()
-    raise ValueError(f"name must be one of {', '.join(ACCEPTED_NAMES)}; got {name!r}")
+        d = loader()
+    else:
+        raise ValueError(f"name must be one of {', '.join(ACCEPTED_NAMES)}; got {name!r}")
+    return resize(d, crop, pool)
+
+
+def resize(d: ImageData, crop: int = 0, pool: int = 1) -> ImageData:
+    """Center crop to crop x crop pixels (0 = off; crop <= H, W and H - crop, W - crop even), then pool x pool
+    average pooling (1 = off; the size must be divisible by pool). Explicit only: nothing else resizes images."""
+    for name, v, lo in (("crop", crop, 0), ("pool", pool, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    x = d.images
+    h, w = x.shape[1:3]
+    if crop:
+        if crop > min(h, w) or (h - crop) % 2 or (w - crop) % 2:
+            raise ValueError(f"crop={crop} must be <= the image size {h}x{w} and leave an even margin on each axis")
+        top, left = (h - crop) // 2, (w - crop) // 2
+        x = x[:, top:top + crop, left:left + crop]
+    if pool > 1:
+        h, w = x.shape[1:3]
+        if h % pool or w % pool:
+            raise ValueError(f"pool={pool} must divide the (cropped) image size {h}x{w}")
+        x = x.reshape(x.shape[0], h // pool, pool, w // pool, pool, x.shape[3]).mean((2, 4))
+    if x is d.images:
+        return d
+    tag = "".join(t for t in (f":crop{crop}" if crop else "", f":pool{pool}" if pool > 1 else ""))
+    return dataclasses.replace(d, images=np.ascontiguousarray(x, np.float32), name=d.name + tag)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -120,6 +120,19 @@ def make_masked_loss(model: dit_lib.DiT, u_min: float):
     return loss
 
 
+@functools.lru_cache(maxsize=16)
+def make_member_loss(model: dit_lib.DiT, u_min: float):
+    """Eps loss(params, key, batch, member) of the DiT gated by member["extra"] (depth, max_heads): the loss of one
+    member of a vmapped group (training.train_members), where every member may carry its own head mask."""
+    apply = eps_apply_fn(model)
+    u_min = check_u_min(u_min)
+
+    def loss(params, key, batch, member):
+        mask = member["extra"]
+        return losses.make_eps_loss(lambda p, x, u: apply(p, x, u, mask), u_min=u_min)(params, key, batch)
+    return loss
+
+
 def build_model(image_shape: tuple[int, int, int], *, patch: int, hidden: int, depth: int, heads: int,
                 mlp_ratio: float = 4.0, dtype: str = "float32") -> dit_lib.DiT:
     """An unconditional eps-prediction DiT for square images (H, W, C); validates the fields."""
@@ -200,6 +213,18 @@ def masked_batch(key: Array, data: dict, batch_size: int) -> Array:
     return data_lib.sample_batch(key, data["images"], batch_size, num_valid)
 
 
+def check_head_mask(model: dit_lib.DiT, mask) -> np.ndarray:
+    """A concrete head mask (depth, max_heads) of exact 0/1 as float32 numpy; ValueError otherwise."""
+    m = np.asarray(jax.device_get(mask), np.float64)
+    shape = (model.depth, model.max_heads)
+    if m.shape != shape:
+        raise ValueError(f"head_mask must have shape (depth, max_heads) = {shape}, got {m.shape}")
+    bad = m[(m != 0) & (m != 1)]
+    if bad.size:
+        raise ValueError(f"head_mask entries must be exactly 0 or 1, got {bad[:4].tolist()}")
+    return m.astype(np.float32)
+
+
 def train_masked(model: dit_lib.DiT, params: PyTree, mask, images, cfg: TrainConfig, workdir: Optional[str], *,
                  key: Array, u_min: float, progress: bool = False, desc: str = "train",
                  hooks=()) -> training.TrainState:
@@ -208,7 +233,7 @@ def train_masked(model: dit_lib.DiT, params: PyTree, mask, images, cfg: TrainCon
     mask the ordinary training of a base model. Batches uniform with replacement (training.uniform_batch); every
     mask shares one compiled step (`make_masked_loss`)."""
     images = np.asarray(images, np.float32)
-    mask = np.asarray(mask, np.float32)
+    mask = check_head_mask(model, mask)
     data = {"x": images, "mask": np.broadcast_to(mask, (images.shape[0],) + mask.shape).copy()}
     return training.train(make_masked_loss(model, float(u_min)), params, data, cfg, workdir, key=key,
                           progress=progress, desc=desc, hooks=hooks)
@@ -251,6 +276,39 @@ def sample(model: dit_lib.DiT, params: PyTree, key: Array, cfg: SamplerConfig, u
     return sampling.generate(run, key, cfg.num_samples, cfg.batch_size, args=(params, head_mask, grid),
                              devices=devices, start_index=start_index, progress=progress,
                              desc=f"sampling ({cfg.method}, {cfg.steps} steps)")
+
+
+@functools.lru_cache(maxsize=16)
+def _group_sampler(model: dit_lib.DiT, shape: tuple[int, ...], method: str, denoise: bool):
+    """jit(keys (b, M), params (M, ...), head_masks (M, depth, max_heads), grid) -> samples (b, M, *shape)."""
+    apply = eps_apply_fn(model)
+
+    @jax.jit
+    def run(keys, params, head_masks, grid):
+        def one(k, p, m):
+            score = score_from_eps(lambda x, u: apply(p, x, u, m))
+            return sampling.sample_batch(score, k, shape, grid, method, denoise)
+        return jax.vmap(one, in_axes=(1, 0, 0), out_axes=1)(keys, params, head_masks)
+    return run
+
+
+def sample_group(model: dit_lib.DiT, params: PyTree, head_masks, keys: Array, cfg: SamplerConfig, u_min: float, *,
+                 progress: bool = False, devices: Optional[Sequence[jax.Device]] = None) -> np.ndarray:
+    """cfg.num_samples images of each of M models of one architecture at once: params stacked (M, ...), head_masks
+    (M, depth, max_heads), keys (M,) typed keys; sample i of model m uses fold_in(keys[m], i), exactly as
+    `sample(model, params[m], keys[m], ...)` would (up to float rounding of the batched computation).
+    Returns (M, num_samples, H, W, C). One compilation per (model, sampler settings, M)."""
+    grid = sampling_grid(u_min, cfg.steps)
+    shape = (model.image_size, model.image_size, model.channels)
+    head_masks = jnp.asarray(head_masks, jnp.float32)
+    m = keys.shape[0]
+    if head_masks.shape != (m, model.depth, model.max_heads):
+        raise ValueError(f"head_masks must have shape (M, depth, max_heads) = {(m, model.depth, model.max_heads)}, "
+                         f"got {head_masks.shape}")
+    run = _group_sampler(model, shape, cfg.method, bool(cfg.denoise))
+    out = sampling.generate(run, keys, cfg.num_samples, cfg.batch_size, args=(params, head_masks, grid),
+                            devices=devices, progress=progress, desc=f"sampling {m} models ({cfg.method})")
+    return np.moveaxis(out, 1, 0)
 
 
 def sampling_params(state: training.TrainState, use_ema: bool = True) -> PyTree:

@@ -1,7 +1,10 @@
 """Reverse-SDE and probability-flow samplers for the OU process (arXiv 2511.03202, Section 3).
 
-Backward SDE  dY = [Y/2 + score(Y, T-s)] ds + dB_s  (Euler-Maruyama), and probability-flow ODE
-dY = [Y/2 + score(Y, T-s)/2] ds (Heun), integrated from T down to t0 on a decreasing time grid.
+Backward SDE  dY = [Y/2 + score(Y, T-s)] ds + dB_s  (Euler-Maruyama, 'sde'), probability-flow ODE
+dY = [Y/2 + score(Y, T-s)/2] ds (Heun, 'ode'), integrated from T down to t0 on a decreasing time grid, and the
+ancestral sampler ('ancestral', DDPM's): from y_t draw y_t' from the exact OU posterior q(y_t' | y_t, x0) at the
+Tweedie estimate x0 = (y_t + sigma_t^2 score(y_t, t)) / alpha_t; for the empirical score it returns training points
+with far fewer steps than Euler-Maruyama.
 
 Per-sample seeds (EDM style): sample i uses key fold_in(base_key, i) for its initial draw and for the
 noise of every step, so sample i is identical whatever the batch size or device count.
@@ -29,7 +32,7 @@ from tqdm.auto import tqdm
 from diffmem import sde
 
 Array = jax.Array
-METHODS = ("sde", "ode")
+METHODS = ("sde", "ode", "ancestral")
 
 
 def time_grid(t0: float, t1: float, steps: int, spacing: str = "log") -> Array:
@@ -76,6 +79,9 @@ def sample_batch(score_fn: sde.ScoreFn, keys: Array, shape: tuple[int, ...], gri
         h = t - t_next
         if method == "sde":
             y = y + h * sde.reverse_drift(score_fn, y, tb(t)) + jnp.sqrt(h) * _noise(keys, k + 1, shape)
+        elif method == "ancestral":
+            y = sde.posterior_step(y, sde.tweedie(score_fn, y, tb(t)), t, t_next) + \
+                jnp.sqrt(sde.posterior_var(t, t_next)) * _noise(keys, k + 1, shape)
         else:
             d1 = sde.flow_drift(score_fn, y, tb(t))
             y_e = y + h * d1
@@ -104,7 +110,8 @@ def generate(batch_fn: Callable[..., Any], key: Array, num_samples: int, batch_s
     """THE sampling driver of diffmem: every sampler (image DiT, swap test, trajectories, mixture lab) runs here.
 
     batch_fn(keys (b,), *args) -> pytree of arrays with the batch on axis 0 (jit-compiled by the caller, once per
-    model: the parameters, masks and grids travel in `args`). Sample i uses the key fold_in(key, start_index + i),
+    model: the parameters, masks and grids travel in `args`). key may also be a stack (M,) of keys, one per model of
+    a vmapped group: batch_fn then gets keys (b, M). Sample i uses the key fold_in(key, start_index + i),
     so it does not depend on the batch size, the device count or the process count. Batches of batch_size (rounded
     up to a multiple of the device count; the last one padded, so one compilation) run data parallel over
     `devices` (default: all local devices; `key_batches`) with `args` replicated; with several JAX processes and
@@ -138,8 +145,10 @@ def sample(score_fn: sde.ScoreFn, key: Array, num_samples: int, shape: tuple[int
 
 
 def per_sample_keys(key: Array, num: int, start: int = 0) -> Array:
-    """keys (num,) with key i = fold_in(key, start + i)."""
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(num))
+    """keys (num,) with key i = fold_in(key, start + i); for a stack of M keys (one per model of a vmapped group),
+    (num, M) with entry (i, m) = fold_in(key[m], start + i)."""
+    one = lambda k: jax.vmap(lambda i: jax.random.fold_in(k, i))(start + jnp.arange(num))
+    return one(key) if key.ndim == 0 else jax.vmap(one, out_axes=1)(key)
 
 
 def device_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:

@@ -74,6 +74,25 @@ def flow_drift(score_fn: ScoreFn, y: Array, t: Array) -> Array:
     return 0.5 * y + 0.5 * score_fn(y, t)
 
 
+def tweedie(score_fn: ScoreFn, y: Array, t: Array) -> Array:
+    """E[X_0 | X_t = y] = (y + sigma_t^2 score(y, t)) / alpha_t (Tweedie's formula); y (b, ...), t (b,)."""
+    tb = _bcast(t, y)
+    return (y + sigma2(tb) * score_fn(y, t)) / alpha(tb)
+
+
+def posterior_step(y: Array, x0: Array, t: Array, s: Array) -> Array:
+    """Mean of q(X_s | X_t = y, X_0 = x0) for s < t on the OU process: with a = alpha_t / alpha_s and
+    v = 1 - a^2 (the s -> t transition), (alpha_s v / sigma_t^2) x0 + (a sigma_s^2 / sigma_t^2) y."""
+    a = jnp.exp(-(t - s) / 2)
+    v = -jnp.expm1(-(t - s))
+    return (alpha(s) * v / sigma2(t)) * x0 + (a * sigma2(s) / sigma2(t)) * y
+
+
+def posterior_var(t: Array, s: Array) -> Array:
+    """Variance of q(X_s | X_t, X_0) for s < t: v sigma_s^2 / sigma_t^2 (v as in `posterior_step`)."""
+    return -jnp.expm1(-(t - s)) * sigma2(s) / sigma2(t)
+
+
 # ---------------------------------------------------------------- time grids and time samplers
 
 def log_time_grid(t0: float, t1: float, num: int) -> Array:

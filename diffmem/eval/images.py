@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from diffmem import data as data_lib
-from diffmem.config import ImageEvalConfig
+from diffmem.config import ImageDataConfig, ImageEvalConfig
 from diffmem.eval import features
 from diffmem.eval.distribution import feature_metrics, frechet_distance, kid, precision_recall
 from diffmem.eval.neighbors import DEFAULT_CHUNK, memorization
@@ -30,13 +30,14 @@ class Reference:
     disjoint: bool          # no reference image is a training image
 
 
-def load_reference(name: str, seed: int, data_dir, ev: ImageEvalConfig, training: data_lib.ImageData) -> Reference:
+def load_reference(data: ImageDataConfig, ev: ImageEvalConfig, training: data_lib.ImageData) -> Reference:
     """The reference set of config.eval.reference: 'heldout' (the split's images outside `training`, the largest
-    training subset), 'test' (the test split) or 'all' (the whole split); capped at a seeded random num_ref."""
-    kind = ev.reference
+    training subset), 'test' (the test split) or 'all' (the whole split), cropped / pooled like the training
+    images; capped at a seeded random num_ref."""
+    kind, seed = ev.reference, data.seed
     try:
-        pool = data_lib.load_images(name, n=None, seed=seed, split="test" if kind == "test" else "train",
-                                    data_dir=data_dir)
+        pool = data_lib.load_images(data.name, n=None, seed=seed, split="test" if kind == "test" else "train",
+                                    data_dir=data.directory, crop=data.crop, pool=data.pool)
     except ValueError as e:
         raise ValueError(f"config.eval.reference={kind!r}: {e}") from None
     idx = np.arange(pool.n)

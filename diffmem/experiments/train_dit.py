@@ -72,7 +72,8 @@ def load_training_sets(s: Settings) -> dict[int, data_lib.ImageData]:
     out = {}
     for n in sorted(s.ns, reverse=True):
         try:
-            out[n] = data_lib.load_images(s.data.name, n=n, seed=s.data.seed, data_dir=s.data.directory)
+            out[n] = data_lib.load_images(s.data.name, n=n, seed=s.data.seed, data_dir=s.data.directory,
+                                          crop=s.data.crop, pool=s.data.pool)
         except ValueError as e:
             raise ValueError(f"config.data.name={s.data.name!r} / config.ns (n={n}): {e}") from None
     shapes = {d.image_shape for d in out.values()}
@@ -233,7 +234,7 @@ def run(config, workdir: str) -> dict:
     sets = load_training_sets(s)
     largest = sets[max(s.ns)]
     model = idf.model_from_config(largest.image_shape, s.model)
-    ref = eval_images.load_reference(s.data.name, s.data.seed, s.data.directory, s.eval, largest)
+    ref = eval_images.load_reference(s.data, s.eval, largest)
     t, c = time.perf_counter(), time.process_time()
     extractor = eval_images.make_extractor(s.eval, ref.pool, workdir, s.seed)
     ref_features = extractor(ref.images)

@@ -6,4 +6,4 @@ from diffmem.training.state import (DEFAULT_TIME_EDGES, TrainState, init_state, 
                                     make_schedule, make_train_step, summarize_metrics, time_bin_stats, uniform_batch)
 from diffmem.training.sweep import (init_members, init_states, make_member_step, make_sweep_runner, mask_counts,
                                     masked_batch,
-                                    pad_datasets, train_sweep, unstack)
+                                    pad_datasets, train_members, train_sweep, unstack)

@@ -121,7 +121,8 @@ def host_loop(advance: Advance, state, *, steps: int, log_every: int, ckpt_every
     try:
         last_ckpt = mngr.latest_step() if mngr is not None else None
         if last_ckpt is not None:
-            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
+                                                                   sharding=getattr(x, "sharding", None)),
                                     state_lib.as_dict(state))
             try:
                 state = TrainState(**mngr.restore(last_ckpt, args=ocp.args.StandardRestore(abstract)))

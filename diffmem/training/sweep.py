@@ -62,10 +62,11 @@ def mask_counts(mask) -> np.ndarray:
     return counts
 
 
-def masked_batch(key: Array, data: Array, count: Array, batch_size: int) -> Array:
-    """batch_size rows drawn uniformly WITH replacement from the first `count` rows of data (n_max, d)."""
+def masked_batch(key: Array, data, count: Array, batch_size: int):
+    """batch_size rows drawn uniformly WITH replacement from the first `count` rows of data (n_max, ...) (or of
+    every leaf of a pytree of such arrays)."""
     idx = jax.random.randint(key, (batch_size,), 0, count)                          # (b,)
-    return data[idx]
+    return jax.tree.map(lambda a: a[idx], data)
 
 
 def init_members(init_fn: Callable[[Array], PyTree], keys: Array) -> PyTree:
@@ -104,12 +105,14 @@ def make_member_step(loss_fn, cfg: TrainConfig, with_extra: bool = False):
 
 
 @functools.lru_cache(maxsize=16)
-def make_sweep_runner(loss_fn, cfg: TrainConfig, chunk: int, with_extra: bool = False):
+def make_sweep_runner(loss_fn, cfg: TrainConfig, chunk: int, with_extra: bool = False, shared_data: bool = False):
     """jit(scan of `chunk` vmapped member steps) -> (states, {loss (M,), grad_norm (M,)} averaged over the chunk).
 
-    Cached on (loss_fn, cfg, chunk, with_extra): repeated / resumed sweeps with the same loss reuse the compiled
-    step."""
-    sweep_step = jax.vmap(make_member_step(loss_fn, cfg, with_extra))
+    shared_data: every member trains on the same data (n, ...) and count () (not stacked). Cached on (loss_fn, cfg,
+    chunk, with_extra, shared_data): repeated / resumed sweeps with the same loss reuse the compiled step."""
+    data_axis = None if shared_data else 0
+    sweep_step = jax.vmap(make_member_step(loss_fn, cfg, with_extra),
+                          in_axes=(0, data_axis, data_axis, 0, 0, 0 if with_extra else None))
 
     @jax.jit
     def run(states, data, counts, wds, keys, extra=None):
@@ -160,6 +163,47 @@ def train_sweep(loss_fn, params: PyTree, data, mask, weight_decays, keys: Array,
 
     def advance(states, num):  # a tail shorter than a chunk compiles once more
         return make_sweep_runner(loss_fn, cfg, num, with_extra)(states, d_data, d_counts, d_wds, keys, extra)
+
+    return loop.host_loop(advance, init_states(params, cfg), steps=cfg.steps, log_every=chunk,
+                          ckpt_every=ckpt_every, keep_ckpts=cfg.keep_ckpts, workdir=workdir, chunk=chunk,
+                          progress=progress, desc=desc, check=("loss",))
+
+
+def train_members(loss_fn, params: PyTree, data, keys: Array, cfg: TrainConfig, *, weight_decays=None,
+                  extra: Optional[PyTree] = None, workdir: Optional[str] = None, progress: bool = False,
+                  desc: str = "members") -> tuple[state_lib.TrainState, list[dict]]:
+    """`train_sweep` for M members that all train on the SAME data (n, ...) (e.g. several seeds of one model, or many
+    fine-tunes of one architecture that differ in their start, head mask, weight decay or key): the data is not
+    stacked, so memory does not grow with M. params, keys (M,), weight_decays (M,) (default cfg.weight_decay for
+    all), extra: per-member pytree (leading dim M) passed to loss_fn(params, key, batch, member) as member["extra"].
+    Batches: uniform with replacement over the n rows, from each member's own key stream."""
+    data = jax.tree.map(lambda a: np.asarray(a), data)
+    leaves = jax.tree.leaves(data)
+    if not leaves or len({np.shape(a)[0] for a in leaves}) != 1:
+        raise ValueError("data must be an array (or pytree of arrays) with one leading dimension n")
+    if any(np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all() for a in leaves):
+        raise ValueError("data contains NaN or inf")
+    m = keys.shape[0] if hasattr(keys, "shape") and keys.ndim == 1 else None
+    if m is None or not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        raise ValueError(f"keys must be (M,) typed keys from jax.random.key, got {getattr(keys, 'shape', keys)}")
+    wds = np.full((m,), cfg.weight_decay, np.float32) if weight_decays is None else \
+        np.asarray(weight_decays, np.float32).reshape(-1)
+    if wds.shape != (m,) or np.any(wds < 0) or not np.isfinite(wds).all():
+        raise ValueError(f"weight_decays must be {m} finite numbers >= 0, got {np.asarray(weight_decays)}")
+    leading = {x.shape[0] for x in jax.tree.leaves(params)}
+    if leading != {m}:
+        raise ValueError(f"params must be stacked with leading dimension M={m}, got leading dims {leading}")
+    with_extra = extra is not None
+    if with_extra and {x.shape[0] if np.ndim(x) else None for x in jax.tree.leaves(extra)} != {m}:
+        raise ValueError(f"extra must be a pytree of arrays with leading dimension M={m}")
+    chunk = cfg.log_every
+    ckpt_every = -(-cfg.ckpt_every // chunk) * chunk
+    n = leaves[0].shape[0]
+    d_data, d_count, d_wds = jax.tree.map(jnp.asarray, data), jnp.int32(n), jnp.asarray(wds)
+
+    def advance(states, num):
+        run = make_sweep_runner(loss_fn, cfg, num, with_extra, shared_data=True)
+        return run(states, d_data, d_count, d_wds, keys, extra)
 
     return loop.host_loop(advance, init_states(params, cfg), steps=cfg.steps, log_every=chunk,
                           ckpt_every=ckpt_every, keep_ckpts=cfg.keep_ckpts, workdir=workdir, chunk=chunk,

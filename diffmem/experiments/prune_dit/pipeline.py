@@ -1,10 +1,12 @@
-"""The pruning pipeline's pieces: data, base model, head scores, masks, fine-tuning, sampling and evaluation of one
-(method, eta, repeat), each cached under <workdir>/pieces/<hash>/ so that a killed run resumes.
+"""The pruning pipeline's pieces: data, the bases (one vmapped group), head scores and masks per (base, repeat), the
+plan of runs, and each vmapped group of fine-tunes sampled and evaluated together; every piece cached under
+<workdir>/pieces/<hash>/ so that a killed run resumes.
 
-Randomness (diffmem.rng, under the root key of config.seed): the base trains under "base"; repeat r's sampling
-keys "samples"/r, Algorithm 2's batches "scores"/r, the random mask "random_mask"/r, the fine-tuning stream
-"finetune"/r and the loss right after pruning "prune_loss"/r. Within a repeat every method sees the same fine-tuning
-batches and sampling noise.
+A run is (method, eta, base b, repeat r). Randomness (diffmem.rng, under the root key config.seed): base b trains
+under "base"/b; repeat r of base b draws Algorithm 2's batches from "scores"/b/r, the random mask from
+"random_mask"/b/r, the fine-tuning stream from "finetune"/b/r and its samples from "samples"/b/r; the loss right after
+pruning uses "prune_loss"/b for every mask of the base. So within (b, r) every method sees the same fine-tuning
+batches and sampling noise (paired comparisons), and (b, r) pairs are independent replicates.
 """
 from __future__ import annotations
 
@@ -15,263 +17,329 @@ from typing import Any, Optional
 
 import flax.serialization
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from diffmem import config as config_lib
 from diffmem import data as data_lib
 from diffmem import image_diffusion as idf
-from diffmem import io, pruning, rng
-from diffmem.config import TrainConfig
+from diffmem import io, pruning, rng, training
 from diffmem.eval import images as eval_images
 from diffmem.eval.features import FeatureExtractor
 from diffmem.experiments.prune_dit.settings import PRUNE_METHODS, SCORE_LAWS, Settings
 from diffmem.models.dit import DiT
 
 
-def eta_tag(eta: float) -> str:
-    return f"{eta:g}"
+@dataclasses.dataclass(frozen=True, order=True)
+class Run:
+    """One evaluated model: `method` at `eta` (None: unpruned) from base `base`, repeat `repeat`."""
+    base: int
+    repeat: int
+    method: str
+    eta: Optional[float] = None
 
+    @property
+    def id(self) -> str:
+        return f"b{self.base}_r{self.repeat}_{self.method}" + ("" if self.eta is None else f"_eta{self.eta:g}")
 
-def run_id(method: str, eta: Optional[float], repeat: int) -> str:
-    return f"{method}_r{repeat}" if eta is None else f"{method}_eta{eta_tag(eta)}_r{repeat}"
+    @property
+    def tuned(self) -> bool:
+        return self.method not in ("original", "weight_decay_base")
 
 
 @dataclasses.dataclass
 class Context:
-    """Everything a piece needs: settings, data, model, base, evaluation set-up, directories."""
+    """Everything a piece needs: settings, data, model, bases, evaluation set-up, directories, counters."""
     s: Settings
     model: DiT
     images: np.ndarray
-    base_params: Any
+    bases: Any                  # stacked sampling params (B, ...) of the bases (+ weight-decay bases after them)
     extractor: FeatureExtractor
     ref_features: np.ndarray
     piece_dir: str
     counters: dict
+    timing: dict
+
+    def base_params(self, b: int):
+        return jax.tree.map(lambda a: a[b], self.bases)
+
+    def lap(self, name: str, wall: float, cpu: float) -> None:
+        self.timing[name + "_wall_s"] = self.timing.get(name + "_wall_s", 0.0) + wall
+        self.timing[name + "_cpu_s"] = self.timing.get(name + "_cpu_s", 0.0) + cpu
 
 
-# ------------------------------------------------------------------------------------------ data and base
+class Stopwatch:
+    """with Stopwatch(ctx, "stage"): adds the block's wall and CPU seconds to ctx.timing."""
+
+    def __init__(self, ctx: Context, name: str):
+        self.ctx, self.name = ctx, name
+
+    def __enter__(self):
+        self.w, self.c = time.perf_counter(), time.process_time()
+
+    def __exit__(self, *exc):
+        self.ctx.lap(self.name, time.perf_counter() - self.w, time.process_time() - self.c)
+
+
+# ------------------------------------------------------------------------------------------ data and bases
 
 def load_data(s: Settings) -> tuple[data_lib.ImageData, eval_images.Reference]:
     """(training subset, reference set with its labelled pool)."""
     try:
-        d = data_lib.load_images(s.data.name, n=s.data.n, seed=s.data.seed, data_dir=s.data.directory)
+        d = data_lib.load_images(s.data.name, n=s.data.n, seed=s.data.seed, data_dir=s.data.directory,
+                                 crop=s.data.crop, pool=s.data.pool)
     except ValueError as e:
         raise ValueError(f"config.data (name={s.data.name!r}, n={s.data.n}): {e}") from None
-    return d, eval_images.load_reference(s.data.name, s.data.seed, s.data.directory, s.eval, d)
+    return d, eval_images.load_reference(s.data, s.eval, d)
 
 
-def load_base(s: Settings, model: DiT) -> tuple[Any, int]:
-    """(params, step) of config.base_checkpoint; errors name the field."""
+def base_weight_decays(s: Settings) -> list[float]:
+    """The decay of every member of the base group: the B bases, then (weight_decay.base) B bases with decay."""
+    b = s.design.bases
+    return [s.train.weight_decay] * b + ([s.weight_decay.base_value] * b if s.weight_decay.base else [])
+
+
+def train_bases(s: Settings, model: DiT, images: np.ndarray, indices: np.ndarray, base_dir: str) -> dict:
+    """Trains / resumes / restores the bases as ONE vmapped group (training.train_members) in base_dir: base b
+    initialised from stream(seed, "base", b, "init") and trained on stream(seed, "base", b, "train"); the
+    weight-decay base of seed b (weight_decay.base) uses the same two streams, so it differs from base b only by its
+    decay. Returns dict(params (stacked sampling params), steps_trained (by this call), final_loss (per member),
+    steps)."""
+    decays = base_weight_decays(s)
+    tc = {k: v for k, v in dataclasses.asdict(s.train).items() if k not in config_lib.RESUMABLE_TRAIN_FIELDS}
+    stamp = dict(seed=s.seed, data=s.data.name, n=int(len(images)), indices_sha1=io.sha1_arrays(indices),
+                 crop=s.data.crop, pool=s.data.pool, model=s.model.resolved(), u_min=s.diffusion.u_min, train=tc,
+                 weight_decays=decays)
+    io.check_stamp(os.path.join(base_dir, "train_settings.json"), stamp, "group of bases",
+                   "use a fresh workdir (only train.steps / log_every / ckpt_every / keep_ckpts may change on resume)")
+    m = len(decays)
+    keys = [rng.stream(s.seed, "base", i % s.design.bases) for i in range(m)]
+    params = training.init_members(lambda k: idf.init_params(model, k),
+                                   jnp.stack([rng.stream(k, "init") for k in keys]))
+    ones = jnp.ones((m, model.depth, model.max_heads), jnp.float32)
+    logging.info("prune_dit: %d base(s) as one vmapped group in %s: %d steps (resumes from the last checkpoint)",
+                 m, base_dir, s.train.steps)
+    before = _latest_step(base_dir)
+    state, records = training.train_members(
+        idf.make_member_loss(model, s.diffusion.u_min), params, images, jnp.stack([rng.stream(k, "train") for k in keys]),
+        s.train, weight_decays=decays, extra=ones, workdir=base_dir, progress=s.progress, desc="bases")
+    out = state.ema_params if s.train.ema_decay > 0 and s.sampler.use_ema else state.params
+    return dict(params=jax.tree.map(np.asarray, out), steps_trained=int(s.train.steps - before),
+                final_loss=records[-1]["loss"] if records else None, steps=int(s.train.steps))
+
+
+def _latest_step(workdir: str) -> int:
+    ck = os.path.join(workdir, "checkpoints")
+    steps = [int(p) for p in os.listdir(ck) if p.isdigit()] if os.path.isdir(ck) else []
+    return max(steps, default=0)
+
+
+def load_base(s: Settings, model: DiT) -> dict:
+    """The one base of config.base_checkpoint, stacked as a group of one; errors name the field."""
     try:
-        return idf.load_checkpoint(s.base_checkpoint, model, s.sampler.use_ema)
+        params, step = idf.load_checkpoint(s.base_checkpoint, model, s.sampler.use_ema)
     except ValueError as e:
         raise ValueError(f"config.base_checkpoint={e}") from None
+    return dict(params=jax.tree.map(lambda a: np.asarray(a)[None], params), steps_trained=0, final_loss=None,
+                steps=step, source=f"loaded:{os.path.abspath(s.base_checkpoint)}")
 
 
-def train_base(s: Settings, model: DiT, images: np.ndarray, indices: np.ndarray, base_dir: str,
-               weight_decay: Optional[float] = None) -> dict:
-    """Trains / resumes / restores the base in base_dir (init and stream under stream(seed, "base"), as train_dit).
-    Returns dict(params (sampling params), steps_trained (by this call), final_loss, source, steps)."""
-    cfg = s.train if weight_decay is None else dataclasses.replace(s.train, weight_decay=weight_decay)
-    io.makedirs(base_dir)
-    tc = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in config_lib.RESUMABLE_TRAIN_FIELDS}
-    stamp = dict(seed=s.seed, data=s.data.name, n=int(len(images)), indices_sha1=io.sha1_arrays(indices),
-                 model=s.model.resolved(), u_min=s.diffusion.u_min, train=tc)
-    io.check_stamp(os.path.join(base_dir, "train_settings.json"), stamp, "base model",
-                   "use a fresh workdir (only train.steps / log_every / ckpt_every / keep_ckpts may change on resume)")
-    logging.info("prune_dit: base model in %s: %d steps (weight decay %g; resumes from the last checkpoint)",
-                 base_dir, cfg.steps, cfg.weight_decay)
-    # image_diffusion.train_model's keys and loss, through the masked loss with every gate 1 (the same numbers):
-    # it shares its compiled step with fine-tuning when the optimizer settings agree.
-    key = rng.stream(s.seed, "base")
-    count = [0]
-    ones = np.ones((model.depth, model.max_heads), np.float32)
-    state = idf.train_masked(model, idf.init_params(model, rng.stream(key, "init")), ones, images, cfg, base_dir,
-                             key=rng.stream(key, "train"), u_min=s.diffusion.u_min, progress=s.progress,
-                             desc="base", hooks=(lambda *a: count.__setitem__(0, count[0] + 1),))
-    recs = _metrics(base_dir)
-    params = jax.tree.map(np.asarray, idf.sampling_params(state, s.sampler.use_ema))
-    return dict(params=params, steps_trained=int(count[0]), final_loss=recs[-1]["loss"] if recs else None,
-                source="trained", steps=int(cfg.steps))
+# ------------------------------------------------------------------------------------------ the plan
+
+def plan_runs(s: Settings) -> list[Run]:
+    """Every run of the experiment: for each base and repeat r < design.repeats the original, the controls and
+    every method of config.methods at the paper's eta; for r < design.sweep_repeats the sweep methods at the other
+    etas; with weight_decay.base, the weight-decay base of the same seed (unpruned, not fine-tuned)."""
+    runs = []
+    eta0 = s.prune.paper_eta
+    for b in range(s.design.bases):
+        for r in range(max(s.design.repeats, s.design.sweep_repeats)):
+            if r < s.design.repeats:
+                runs += [Run(b, r, "original"), Run(b, r, "finetune_only")]
+                runs += [Run(b, r, m, eta0 if m in PRUNE_METHODS else None) for m in s.methods]
+                if s.weight_decay.base:
+                    runs.append(Run(b, r, "weight_decay_base"))
+            if r < s.design.sweep_repeats:
+                runs += [Run(b, r, m, e) for e in s.prune.sweep_etas if e != eta0 for m in s.sweep_methods]
+    return sorted(set(runs))
 
 
-def _metrics(workdir: str) -> list[dict]:
-    from diffmem import training
-    return training.read_metrics(workdir) if io.exists(os.path.join(workdir, "metrics.jsonl")) else []
-
-
-def finetune(model: DiT, params, mask, images, cfg: TrainConfig, workdir: Optional[str], *, key: jax.Array,
-             u_min: float, progress: bool = False) -> tuple[Any, Optional[float]]:
-    """Algorithm 1's fine-tuning: cfg.steps steps of the eps loss with the head mask FIXED, from `params` (fresh
-    optimizer, resumable in workdir). mask (depth, max_heads) of exact 0/1 (ValueError otherwise).
-    Returns (sampling params: EMA if cfg.ema_decay > 0, else the raw params; last logged loss)."""
-    mask = pruning.check_mask(mask, model)
-    state = idf.train_masked(model, params, mask, images, cfg, workdir, key=key, u_min=u_min, progress=progress,
-                             desc="fine-tune")
-    recs = _metrics(workdir) if workdir else []
-    out = state.ema_params if cfg.ema_decay > 0 else state.params
-    return jax.tree.map(np.asarray, out), (recs[-1]["loss"] if recs else None)
-
-
-# ------------------------------------------------------------------------------------------ scores and masks
-
-def runs_at(s: Settings, method: str, eta: float, repeat: int) -> bool:
-    if eta == s.prune.paper_eta:
-        return repeat < s.repeats
-    return method in s.sweep_methods and repeat < s.sweep_repeats
-
-
-def make_masks(s: Settings, model: DiT, scores: dict[str, np.ndarray], repeat: int) -> dict:
-    """{(method, eta): mask} for every pruning method of s.methods at every eta it runs at for this repeat."""
-    valid = pruning.head_valid_mask(model)
-    out = {}
-    for m in s.methods:
-        if m not in PRUNE_METHODS:
-            continue
-        for eta in s.prune.sweep_etas:
-            if not runs_at(s, m, eta, repeat):
-                continue
-            if m == "random":
-                mask = pruning.random_mask(rng.stream(s.seed, "random_mask", repeat), model.depth, model.max_heads,
-                                           eta, keep_one_per_layer=s.prune.keep_one_per_layer, valid=valid)
-            else:
-                mask = pruning.prune_mask(scores[m], eta, keep_one_per_layer=s.prune.keep_one_per_layer, valid=valid)
-            out[(m, eta)] = mask
-    return out
-
-
-def compute_scores(s: Settings, model: DiT, params, images, repeat: int) -> dict[str, np.ndarray]:
-    """Algorithm 2 under the three time laws on the same batches (importance, normalised per layer), the raw sums,
-    and the magnitude scores. Arrays (depth, max_heads)."""
-    out = pruning.importance_many(model, params, images, rng.stream(s.seed, "scores", repeat),
-                                  list(SCORE_LAWS.values()), num_batches=s.prune.score_batches,
-                                  batch_size=s.prune.score_batch_size)
+def scores(ctx: Context, b: int, r: int) -> dict[str, np.ndarray]:
+    """Algorithm 2 under the three time laws (u in [u_min, 1], the trained range) on the same batches, the raw
+    sums, and the magnitude scores of base b, repeat r: arrays (depth, max_heads); cached."""
+    path = os.path.join(ctx.piece_dir, "scores", f"b{b}_r{r}.npz")
+    if io.exists(path):
+        return io.load_npz(path)
+    s, model = ctx.s, ctx.model
+    params = ctx.base_params(b)
+    laws = [pruning.TimeDist(dist, a, bb, s.diffusion.u_min) for dist, a, bb in SCORE_LAWS.values()]
+    out = pruning.importance_many(model, params, ctx.images, rng.stream(s.seed, "scores", b, r), laws,
+                                  num_batches=s.prune.score_batches, batch_size=s.prune.score_batch_size)
     res = {}
     for i, name in enumerate(SCORE_LAWS):
         res[name] = np.asarray(out["importance"][i])
         res[name + "_raw"] = np.asarray(out["raw"][i])
     res["magnitude"] = np.asarray(pruning.magnitude_scores(model, params))
+    io.save_npz(path, **res)
+    ctx.counters["scores_computed"] += 1
     return res
 
 
-def scores_cached(ctx: Context, repeat: int) -> dict[str, np.ndarray]:
-    path = os.path.join(ctx.piece_dir, f"scores_r{repeat}.npz")
-    if io.exists(path):
-        return io.load_npz(path)
-    scores = compute_scores(ctx.s, ctx.model, ctx.base_params, ctx.images, repeat)
-    io.save_npz(path, **scores)
-    ctx.counters["scores_computed"] += 1
-    return scores
+def mask_of(ctx: Context, run: Run) -> np.ndarray:
+    """The head mask (depth, max_heads) of a run (all ones when unpruned)."""
+    model, s = ctx.model, ctx.s
+    if run.eta is None:
+        return np.ones((model.depth, model.max_heads), np.float32)
+    valid = pruning.head_valid_mask(model)
+    if run.method == "random":
+        return pruning.random_mask(rng.stream(s.seed, "random_mask", run.base, run.repeat), model.depth,
+                                   model.max_heads, run.eta, keep_one_per_layer=s.prune.keep_one_per_layer,
+                                   valid=valid)
+    return pruning.prune_mask(scores(ctx, run.base, run.repeat)[run.method], run.eta,
+                              keep_one_per_layer=s.prune.keep_one_per_layer, valid=valid)
 
 
-def loss_after_prune(ctx: Context, repeat: int, masks: dict) -> dict[str, float]:
-    """Training loss (u ~ U(u_min, 1) per example) of the base gated by each mask BEFORE fine-tuning, all masks on
-    the same batches (pruning.evaluate_masks); cached with the runs."""
-    path = os.path.join(ctx.piece_dir, f"loss_after_prune_r{repeat}.json")
+def loss_after_prune(ctx: Context, b: int, runs: list[Run]) -> dict[str, float]:
+    """Training loss (u ~ U(u_min, 1) per example) of base b gated by each run's mask BEFORE fine-tuning, every mask
+    (and the unpruned base, key 'unpruned') on the same batches (pruning.evaluate_masks); cached."""
+    path = os.path.join(ctx.piece_dir, "loss_after_prune", f"b{b}.json")
     cached = io.read_json(path) or {}
-    todo = [(k, m) for k, m in sorted(masks.items()) if run_id(k[0], k[1], repeat) not in cached]
-    if todo:
+    todo = [r for r in runs if r.base == b and r.eta is not None and r.id not in cached]
+    if "unpruned" not in cached or todo:
         s = ctx.s
-        vals = pruning.evaluate_masks(ctx.model, ctx.base_params, ctx.images, rng.stream(s.seed, "prune_loss", repeat),
-                                      np.stack([m for _, m in todo]), num_batches=s.prune.loss_batches,
-                                      batch_size=s.prune.score_batch_size, u_min=s.diffusion.u_min)
-        for (k, _), v in zip(todo, np.asarray(vals)):
-            cached[run_id(k[0], k[1], repeat)] = float(v)
+        masks = np.stack([np.ones((ctx.model.depth, ctx.model.max_heads), np.float32)] + [mask_of(ctx, r) for r in todo])
+        vals = np.asarray(pruning.evaluate_masks(ctx.model, ctx.base_params(b), ctx.images,
+                                                 rng.stream(s.seed, "prune_loss", b), masks,
+                                                 num_batches=s.prune.loss_batches,
+                                                 batch_size=s.prune.score_batch_size, u_min=s.diffusion.u_min))
+        cached["unpruned"] = float(vals[0])
+        cached.update({r.id: float(v) for r, v in zip(todo, vals[1:])})
         io.write_json(path, cached)
     return cached
 
 
-# ------------------------------------------------------------------------------------------ one run
-
-def keep_params(s: Settings, eta: Optional[float], repeat: int) -> bool:
-    """Fine-tuned weights kept on disk (params.msgpack): repeat 0 at the paper eta and of the unpruned controls
-    (the exported models and the swap test use them); the other runs keep their mask, samples and result."""
-    return repeat == 0 and (eta is None or eta == s.prune.paper_eta)
-
-
-def load_run_params(ctx: Context, rid: str):
-    return flax.serialization.from_bytes(ctx.base_params,
-                                         io.read_bytes(os.path.join(ctx.piece_dir, "runs", rid, "params.msgpack")))
+def groups(runs: list[Run], group_size: int) -> list[list[Run]]:
+    """The fine-tuned runs in balanced vmapped groups of at most group_size (sorted: the same plan, the same groups)."""
+    tuned = [r for r in runs if r.tuned]
+    if not tuned:
+        return []
+    count = -(-len(tuned) // group_size)
+    size = -(-len(tuned) // count)
+    return [tuned[i:i + size] for i in range(0, len(tuned), size)]
 
 
-def run_piece(ctx: Context, method: str, eta: Optional[float], repeat: int, mask: np.ndarray,
-              init_params, *, tune: bool, cfg: Optional[TrainConfig] = None,
-              loss_after: Optional[float] = None, suffix: str = "") -> dict:
-    """One (method, eta, repeat): fine-tune (if `tune`) with the mask fixed, sample, evaluate; cached on disk in
-    <piece_dir>/runs/<run_id><suffix>/ (suffix: settings outside the piece hash, e.g. a weight-decay value)."""
+# ------------------------------------------------------------------------------------------ groups of models
+
+def keep_params(s: Settings, run: Run) -> bool:
+    """Fine-tuned weights kept on disk: repeat 0 of the models the swap test and the exports use."""
+    swap = {m for pair in s.where.swap_pairs for m in pair} if s.where.enabled else set()
+    return run.repeat == 0 and (run.method in swap or (run.method in PRUNE_METHODS and run.eta == s.prune.paper_eta))
+
+
+def run_params(ctx: Context, run: Run):
+    """Sampling params of a run: the base for original / weight_decay_base, else the kept fine-tuned weights."""
+    if run.method == "original":
+        return ctx.base_params(run.base)
+    if run.method == "weight_decay_base":
+        return ctx.base_params(ctx.s.design.bases + run.base)
+    path = os.path.join(ctx.piece_dir, "params", run.id + ".msgpack")
+    return flax.serialization.from_bytes(ctx.base_params(run.base), io.read_bytes(path))
+
+
+def evaluate_group(ctx: Context, runs: list[Run], all_runs: list[Run], tag: str, size: int = 0) -> list[dict]:
+    """Fine-tunes (if tuned) a group of runs as ONE vmapped group (every mask is an input of the one compiled step),
+    samples every model of the group at once (image_diffusion.sample_group) and evaluates each; cached per run in
+    <piece_dir>/runs/<id>.json (a group whose runs are all done is skipped). size > len(runs) pads the group with
+    copies of its last run (computed, not evaluated) so that every group of the plan shares the compiled programs."""
     s, model = ctx.s, ctx.model
-    rid = run_id(method, eta, repeat) + suffix
-    rdir = os.path.join(ctx.piece_dir, "runs", rid)
-    res_path = os.path.join(rdir, "result.json")
-    old = io.read_json(res_path)
-    if old is not None:
-        ctx.counters["runs_reused"] += 1
-        return old
-    io.makedirs(rdir)
-    w0, c0 = time.perf_counter(), time.process_time()
-    mask = pruning.check_mask(mask, model)
-    io.save_npy(os.path.join(rdir, "mask.npy"), mask)
-    params_path = os.path.join(rdir, "params.msgpack")
-    final_loss = None
-    if not tune:
-        params = init_params
-    elif io.exists(params_path):
-        params = flax.serialization.from_bytes(init_params, io.read_bytes(params_path))
-        final_loss = (io.read_json(os.path.join(rdir, "finetune.json")) or {}).get("final_finetune_loss")
+    paths = {r.id: os.path.join(ctx.piece_dir, "runs", r.id + ".json") for r in runs}
+    done = {r.id: io.read_json(paths[r.id]) for r in runs}
+    if all(v is not None for v in done.values()):
+        ctx.counters["runs_reused"] += len(runs)
+        return [done[r.id] for r in runs]
+    members = len(runs)
+    runs = runs + [runs[-1]] * max(0, size - members)
+    masks = np.stack([mask_of(ctx, r) for r in runs])                                 # (M, depth, max_heads)
+    if runs[0].tuned:
+        with Stopwatch(ctx, "finetune"):
+            params = finetune_group(ctx, runs, masks, tag)
     else:
-        cfg = cfg or s.finetune
-        params, final_loss = finetune(model, init_params, mask, ctx.images, cfg, rdir,
-                                      key=rng.stream(s.seed, "finetune", repeat), u_min=s.diffusion.u_min,
-                                      progress=s.progress)
-        ctx.counters["finetune_steps"] += cfg.steps
-        io.write_bytes(params_path, flax.serialization.to_bytes(params))
-        io.write_json(os.path.join(rdir, "finetune.json"), dict(final_finetune_loss=final_loss))
-        io.remove(os.path.join(rdir, "checkpoints"))   # params.msgpack is the checkpoint
-    samples = idf.sample(model, params, rng.stream(s.seed, "samples", repeat), s.sampler, s.diffusion.u_min,
-                         head_mask=mask)
-    ev = s.eval
-    summary, mem = eval_images.evaluate_samples(samples, ctx.images, ctx.ref_features, ctx.extractor, k=ev.k,
-                                                ratio=ev.ratio, kid_subsets=ev.kid_subsets, seed=s.seed)
-    io.save_npz(os.path.join(rdir, "samples.npz"), samples=samples.astype(np.float32), nn_idx=mem["nn_idx"],
-                memorized=mem["memorized"], dist_ratio=mem["dist_ratio"])
-    valid = pruning.head_valid_mask(model)
-    result = dict(method=method, eta=eta, repeat=repeat, run=rid, num_heads=int(valid.sum()),
-                  num_pruned=int((mask[valid] == 0).sum()), heads_per_layer=[int(r.sum()) for r in mask * valid],
-                  param_count=pruning.param_count(model, params, mask), final_finetune_loss=final_loss,
-                  loss_after_prune=loss_after, mask=mask.astype(int).tolist(), **summary,
-                  wall_s=time.perf_counter() - w0, cpu_s=time.process_time() - c0)
-    result = io.jsonable(result)
-    io.write_json(res_path, result)
-    if tune and not keep_params(s, eta, repeat):   # the mask and samples stay; the weights only where used later
-        io.remove(params_path)
-    ctx.counters["runs_computed"] += 1
-    logging.info("prune_dit %s: memorization %.3f, FD %.3f, precision %.3f, recall %.3f, params %d (%.1f s)", rid,
-                 result["memorization_ratio"], result["fd"], result["precision"], result["recall"],
-                 result["param_count"], result["wall_s"])
-    return result
+        params = jax.tree.map(lambda *a: np.stack(a), *[run_params(ctx, r) for r in runs])
+    for i, r in enumerate(runs[:members]):
+        if r.tuned and keep_params(s, r):
+            io.write_bytes(os.path.join(ctx.piece_dir, "params", r.id + ".msgpack"),
+                           flax.serialization.to_bytes(jax.tree.map(lambda a: a[i], params)))
+    with Stopwatch(ctx, "sampling"):
+        keys = jnp.stack([rng.stream(s.seed, "samples", r.base, r.repeat) for r in runs])
+        samples = idf.sample_group(model, params, masks, keys, s.sampler, s.diffusion.u_min, progress=s.progress)
+    with Stopwatch(ctx, "loss_after_prune"):
+        losses_after = {b: loss_after_prune(ctx, b, all_runs) for b in sorted({r.base for r in runs if r.eta is not None})}
+    out = []
+    with Stopwatch(ctx, "evaluation"):
+        valid = pruning.head_valid_mask(model)
+        for i, r in enumerate(runs[:members]):
+            ev = s.eval
+            summary, mem = eval_images.evaluate_samples(samples[i], ctx.images, ctx.ref_features, ctx.extractor,
+                                                        k=ev.k, ratio=ev.ratio, kid_subsets=ev.kid_subsets,
+                                                        seed=s.seed)
+            if r.base == 0 and r.repeat == 0 and ev.grid_samples:   # kept for the sample grids
+                g = ev.grid_samples
+                io.save_npz(os.path.join(ctx.piece_dir, "grids", r.id + ".npz"), samples=samples[i][:g],
+                            nn_idx=mem["nn_idx"][:g], memorized=mem["memorized"][:g])
+            m = masks[i]
+            res = dict(run=r.id, method=r.method, eta=r.eta, base=r.base, repeat=r.repeat,
+                       num_heads=int(valid.sum()), num_pruned=int((m[valid] == 0).sum()),
+                       heads_per_layer=[int(x.sum()) for x in m * valid], mask=m.astype(int).tolist(),
+                       param_count=pruning.param_count(model, jax.tree.map(lambda a: a[i], params), m),
+                       loss_after_prune=losses_after[r.base].get(r.id) if r.eta is not None else None,
+                       loss_unpruned=losses_after[r.base]["unpruned"] if r.eta is not None else None, **summary)
+            res = io.jsonable(res)
+            io.write_json(paths[r.id], res)
+            out.append(res)
+    ctx.counters["runs_computed"] += members
+    logging.info("prune_dit group %s: %d models; memorization %s", tag, members,
+                 " ".join(f"{o['memorization_ratio']:.2f}" for o in out))
+    return out
 
 
-def export(ctx: Context, method: str, eta: float, workdir: str) -> dict:
-    """The physically smaller model (pruning.export_pruned, output equality checked) of (method, eta, repeat 0):
+def finetune_group(ctx: Context, runs: list[Run], masks: np.ndarray, tag: str):
+    """Algorithm 1's fine-tuning of a group: finetune.steps steps of the eps loss with every member's mask FIXED,
+    from its base, with a fresh optimizer (weight decay finetune_value for weight_decay_finetune); resumable in
+    <piece_dir>/finetune/<tag>. Returns the stacked sampling params (EMA when finetune.ema_decay > 0)."""
+    s, model = ctx.s, ctx.model
+    init = jax.tree.map(lambda *a: np.stack(a), *[ctx.base_params(r.base) for r in runs])
+    decays = [s.weight_decay.finetune_value if r.method == "weight_decay_finetune" else s.finetune.weight_decay
+              for r in runs]
+    keys = jnp.stack([rng.stream(s.seed, "finetune", r.base, r.repeat) for r in runs])
+    wd = os.path.join(ctx.piece_dir, "finetune", tag)
+    io.write_json(os.path.join(wd, "members.json"), [r.id for r in runs])
+    state, _ = training.train_members(idf.make_member_loss(model, s.diffusion.u_min), init, ctx.images, keys,
+                                      s.finetune, weight_decays=decays, extra=jnp.asarray(masks), workdir=wd,
+                                      progress=s.progress, desc=f"fine-tune {tag}")
+    ctx.counters["finetune_steps"] += s.finetune.steps * len(runs)
+    out = state.ema_params if s.finetune.ema_decay > 0 else state.params
+    return jax.tree.map(np.asarray, out)
+
+
+def export(ctx: Context, run: Run, workdir: str) -> dict:
+    """The physically smaller model (pruning.export_pruned, output equality checked) of a kept run:
     <workdir>/exported/<method>_eta<eta>/{model.json, params.msgpack}."""
-    rid = run_id(method, eta, 0)
-    out_dir = os.path.join(workdir, "exported", f"{method}_eta{eta_tag(eta)}")
+    out_dir = os.path.join(workdir, "exported", f"{run.method}_eta{run.eta:g}")
     meta_path = os.path.join(out_dir, "model.json")
     old = io.read_json(meta_path)
     if old is not None and old.get("piece_dir") == os.path.relpath(ctx.piece_dir, workdir):
         return old
-    mask = io.load_npy(os.path.join(ctx.piece_dir, "runs", rid, "mask.npy"))
-    params = load_run_params(ctx, rid)
-    small, small_params = pruning.export_pruned(ctx.model, params, mask)
+    params = run_params(ctx, run)
+    small, small_params = pruning.export_pruned(ctx.model, params, mask_of(ctx, run))
     io.write_bytes(os.path.join(out_dir, "params.msgpack"), flax.serialization.to_bytes(small_params))
     from diffmem.models import dit as dit_lib
-    meta = dict(run=rid, piece_dir=os.path.relpath(ctx.piece_dir, workdir),
-                model=dict(image_size=small.image_size, channels=small.channels, patch=small.patch,
-                           hidden=small.hidden, depth=small.depth, heads=list(small.heads),
-                           head_dim=small.head_dim, mlp_ratio=small.mlp_ratio),
-                param_count=dit_lib.count_params(small_params),
-                param_count_unpruned=dit_lib.count_params(params), path=os.path.relpath(out_dir, workdir))
-    meta = io.jsonable(meta)
+    meta = io.jsonable(dict(run=run.id, piece_dir=os.path.relpath(ctx.piece_dir, workdir),
+                            model=dict(image_size=small.image_size, channels=small.channels, patch=small.patch,
+                                       hidden=small.hidden, depth=small.depth, heads=list(small.heads),
+                                       head_dim=small.head_dim, mlp_ratio=small.mlp_ratio),
+                            param_count=dit_lib.count_params(small_params),
+                            param_count_unpruned=dit_lib.count_params(params),
+                            path=os.path.relpath(out_dir, workdir)))
     io.write_json(meta_path, meta)
     return meta

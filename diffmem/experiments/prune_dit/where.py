@@ -8,8 +8,9 @@
     t <= tau ('a_then_b'), and the reverse ('b_then_a'), for several tau (unit time u; t = ddpm_time(u)), all on the
     same keys (diffmem.pruning.swap_sample). If memorization is decided at small t, a_then_b moves to b alone
     already at small tau.
-Both run through the one sampling driver (diffmem.sampling.generate) on the keys stream(seed, "where"), and are
-cached in <piece_dir>/where/m<samples>/.
+Both run through the one sampling driver (diffmem.sampling.generate) on the keys stream(seed, "where", base), and
+are cached in <piece_dir>/where/m<samples>/. The swap test runs on every base (repeat 0's models): claim C7 takes
+its interval over the bases.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from diffmem import image_diffusion as idf
 from diffmem import io, pruning, rng, sampling, sde
 from diffmem.config import SamplerConfig
 from diffmem.eval import neighbors
-from diffmem.experiments.prune_dit.pipeline import Context, load_run_params, run_id
+from diffmem.experiments.prune_dit.pipeline import Context, Run, mask_of, run_params
 from diffmem.experiments.prune_dit.settings import PRUNE_METHODS
 from diffmem.models.dit import DiT
 
@@ -115,28 +116,18 @@ def summarize_decisions(tr: dict) -> dict:
     return out
 
 
-def model_run_id(ctx: Context, name: str) -> str:
-    s = ctx.s
-    if name == "weight_decay_finetune":
-        return run_id(name, None, 0) + f"_wd{s.weight_decay.finetune_value:g}"
-    return run_id(name, s.prune.paper_eta if name in PRUNE_METHODS else None, 0)
-
-
-def swap_model(ctx: Context, name: str):
-    """(params, mask) of repeat 0's model `name` (the base for 'original')."""
-    if name == "original":
-        return ctx.base_params, np.ones((ctx.model.depth, ctx.model.max_heads), np.float32)
-    rid = model_run_id(ctx, name)
-    return load_run_params(ctx, rid), io.load_npy(os.path.join(ctx.piece_dir, "runs", rid, "mask.npy"))
+def swap_run(ctx: Context, name: str, base: int) -> Run:
+    """The run (repeat 0 of `base`) the swap test uses for model `name`."""
+    return Run(base, 0, name, ctx.s.prune.paper_eta if name in PRUNE_METHODS else None)
 
 
 def where_decided(ctx: Context) -> dict:
-    """Trajectory decision times of the base and the swap test (cached in <piece_dir>/where/)."""
+    """The swap test on every base (repeat 0's models) and the trajectory decision times of base 0 (cached in
+    <piece_dir>/where/m<samples>/)."""
     s, model = ctx.s, ctx.model
     wdir = os.path.join(ctx.piece_dir, "where", f"m{s.where.num_samples}")
     cfg = dataclasses.replace(s.sampler, num_samples=s.where.num_samples,
                               batch_size=min(s.sampler.batch_size, s.where.num_samples))
-    key = rng.stream(s.seed, "where")
     u_min = s.diffusion.u_min
 
     def cached(name, fn):
@@ -152,26 +143,35 @@ def where_decided(ctx: Context) -> dict:
         r = neighbors.memorization(samples, ctx.images, s.eval.ratio)
         return dict(memorization_ratio=float(r["memorization_ratio"]), num_samples=int(len(samples)))
 
-    out = {"trajectory": cached("trajectory", lambda: summarize_decisions(trajectory_decisions(
-        model, ctx.base_params, ctx.images, key, cfg, u_min, s.eval.ratio)))}
-    swaps = []
-    for a, b in s.where.swap_pairs:
-        pa, ma = swap_model(ctx, a)
-        pb, mb = swap_model(ctx, b)
-        sw = dict(pair=[a, b], runs=[model_run_id(ctx, a), model_run_id(ctx, b)])
-        sw["a_alone"] = cached(f"swap_{a}_alone", lambda: mem_of(idf.sample(model, pa, key, cfg, u_min, head_mask=ma)))
-        sw["b_alone"] = cached(f"swap_{b}_alone", lambda: mem_of(idf.sample(model, pb, key, cfg, u_min, head_mask=mb)))
-        cells = []
-        for tau in s.where.taus_u:
-            cell = dict(tau_u=tau, tau_t=float(sde.ddpm_time(tau)))
-            cell["a_then_b"] = cached(f"swap_{a}_then_{b}_{tau:g}", lambda: mem_of(
-                pruning.swap_sample(model, pa, ma, pb, mb, tau, key, cfg, u_min)))
-            cell["b_then_a"] = cached(f"swap_{b}_then_{a}_{tau:g}", lambda: mem_of(
-                pruning.swap_sample(model, pb, mb, pa, ma, tau, key, cfg, u_min)))
-            cells.append(cell)
-        sw["taus"] = cells
-        swaps.append(sw)
+    out = {}
+    if s.where.trajectory:
+        out["trajectory"] = cached("trajectory_b0", lambda: summarize_decisions(trajectory_decisions(
+            model, ctx.base_params(0), ctx.images, rng.stream(s.seed, "where", 0), cfg, u_min, s.eval.ratio)))
+    bases = []
+    for b in range(s.design.bases):
+        key = rng.stream(s.seed, "where", b)
+        pairs = []
+        for a_name, b_name in s.where.swap_pairs:
+            ra, rb = swap_run(ctx, a_name, b), swap_run(ctx, b_name, b)
+            pa, ma = run_params(ctx, ra), mask_of(ctx, ra)
+            pb, mb = run_params(ctx, rb), mask_of(ctx, rb)
+            sw = dict(pair=[a_name, b_name], runs=[ra.id, rb.id])
+            sw["a_alone"] = cached(f"{ra.id}_alone", lambda: mem_of(idf.sample(model, pa, key, cfg, u_min,
+                                                                              head_mask=ma)))
+            sw["b_alone"] = cached(f"{rb.id}_alone", lambda: mem_of(idf.sample(model, pb, key, cfg, u_min,
+                                                                              head_mask=mb)))
+            cells = []
+            for tau in s.where.taus_u:
+                cell = dict(tau_u=tau, tau_t=float(sde.ddpm_time(tau)))
+                cell["a_then_b"] = cached(f"{ra.id}_then_{rb.id}_{tau:g}", lambda: mem_of(
+                    pruning.swap_sample(model, pa, ma, pb, mb, tau, key, cfg, u_min)))
+                cell["b_then_a"] = cached(f"{rb.id}_then_{ra.id}_{tau:g}", lambda: mem_of(
+                    pruning.swap_sample(model, pb, mb, pa, ma, tau, key, cfg, u_min)))
+                cells.append(cell)
+            sw["taus"] = cells
+            pairs.append(sw)
+        bases.append(dict(base=b, pairs=pairs))
     out["swap"] = dict(note="a_then_b: model a for t > tau, model b for t <= tau (b_then_a: the reverse); tau in "
                             "unit time u, t = ddpm_time(u); memorization ratios of where.num_samples samples on the "
-                            "same keys", pairs=swaps)
+                            "same keys (stream 'where'/base); repeat 0's models of each base", bases=bases)
     return out

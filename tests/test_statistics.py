@@ -332,3 +332,34 @@ def test_errors_name_the_argument(call, match):
     with pytest.raises(ValueError, match=match) as e:
         call()
     assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- tolerance claims and the claims table
+
+def test_within_verdicts_follow_the_interval():
+    """holds when the whole interval is inside [low, high], fails when wholly outside, else inconclusive; the numbers
+    are those of `interval` with the same seed."""
+    near = np.array([0.98, 1.01, 1.02, 0.99, 1.00])
+    c = st.within("w", "ratio -> 1", "ratio", near, low=0.9, high=1.1)
+    ci = st.interval(near)
+    assert c["verdict"] == "holds" and (c["ci_low"], c["ci_high"]) == (ci["ci_low"], ci["ci_high"])
+    assert c["direction"] == "within" and c["threshold"] == [0.9, 1.1]
+    assert st.within("w", "s", "m", near + 0.5, low=0.9, high=1.1)["verdict"] == "fails"
+    assert st.within("w", "s", "m", near - 0.5, low=0.9, high=1.1)["verdict"] == "fails"
+    wide = np.array([0.6, 1.4, 0.8, 1.2, 1.0])
+    assert st.within("w", "s", "m", wide, low=0.9, high=1.1)["verdict"] == "inconclusive"
+    one = st.within("w", "s", "m", [1.0], low=0.9, high=1.1)
+    assert one["verdict"] == "inconclusive" and "1 base" in one["note"]
+    with pytest.raises(ValueError, match="low must be < high"):
+        st.within("w", "s", "m", near, low=1.1, high=0.9)
+
+
+def test_claims_markdown_and_unmeasured():
+    claims = [st.claim("a", "x > 0", "x", [0.5, 0.6, 0.55], direction="greater"),
+              st.unmeasured("b", "y grows", "slope", "nothing bracketed")]
+    assert claims[1]["verdict"] == "inconclusive" and claims[1]["estimate"] is None
+    text = st.claims_markdown(claims, "demo")
+    lines = text.splitlines()
+    assert lines[0] == "## demo" and lines[2].startswith("| id | statement")
+    assert "| a | x > 0 | x | 0.55 [" in text and "**holds**" in text
+    assert "| b | y grows | slope | n/a [n/a, n/a] | 0 x 0 | **inconclusive** | nothing bracketed |" in text

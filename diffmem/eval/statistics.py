@@ -1,8 +1,9 @@
 """Claims as estimates with intervals over independent seeds, and their verdicts (pure numpy).
 
 The project's rule: a claim is an estimate with a 95% interval over independent seeds and a verdict
-('holds' / 'fails' / 'inconclusive'). Design (the paper's comparison of methods, arXiv 2511.03202, Table 1,
-re-done with replication): B base models trained from independent seeds; for each base, R repeats
+('holds' / 'fails' / 'inconclusive'): one-sided (`claim`), a tolerance band (`within`), or not measurable
+(`unmeasured`); `claims_markdown` writes them as a table. Design (the paper's comparison of methods,
+arXiv 2511.03202, Table 1, re-done with replication): B base models trained from independent seeds; for each base, R repeats
 (independent pruning + fine-tuning + sampling seeds) per method; a metric per (method, base, repeat).
 Methods are compared by PAIRED differences d[b, r] = metric(A, b, r) - metric(B, b, r) (same base, same
 repeat seeds), an array (B, R). One-level designs (seeds only) are the case R = 1, or a 1-D array (B,).
@@ -163,18 +164,74 @@ def claim(id: str, statement: str, metric: str, diffs, *, direction: str, thresh
     ci = interval(diffs, level=level, num_resamples=num_resamples, seed=seed)
     lo, hi, t = ci["ci_low"], ci["ci_high"], float(threshold)
     holds, fails = (hi < t, lo > t) if direction == "less" else (lo > t, hi < t)
-    note = ""
+    note = _few_bases_note(ci["n_bases"], min_bases)
     if ci["n_bases"] < min_bases:
         holds = fails = False
-        note = (f"only {ci['n_bases']} base(s); a verdict needs at least {min_bases} independently "
-                "trained bases")
-    elif ci["n_bases"] < FEW_BASES:
-        note = (f"only {ci['n_bases']} bases: the interval may be too narrow if bases differ more than "
-                "repeats do")
     verdict = "holds" if holds else "fails" if fails else "inconclusive"
     return dict(id=id, statement=statement, metric=metric, estimate=ci["estimate"], ci_low=lo, ci_high=hi,
                 n_bases=ci["n_bases"], n_repeats=ci["n_repeats"], verdict=verdict, direction=direction,
                 threshold=t, level=ci["level"], note=note)
+
+
+def _few_bases_note(n_bases: int, min_bases: int) -> str:
+    if n_bases < min_bases:
+        return f"only {n_bases} base(s); a verdict needs at least {min_bases} independently trained bases"
+    if n_bases < FEW_BASES:
+        return f"only {n_bases} bases: the interval may be too narrow if bases differ more than repeats do"
+    return ""
+
+
+def within(id: str, statement: str, metric: str, values, *, low: float, high: float, level: float = 0.95,
+           num_resamples: int = 10_000, seed: int = 0, min_bases: int = 2) -> dict:
+    """A tolerance claim: the true mean of `values` (B, R) or (B,) lies in [low, high] (e.g. a ratio that theory
+    puts at 1, within 1 +- tol).
+
+    With [lo, hi] = `interval(values)`: 'holds' when low <= lo and hi <= high (the whole interval inside),
+    'fails' when hi < low or lo > high (wholly outside), else 'inconclusive'; always 'inconclusive' with fewer
+    than min_bases bases (see `claim`, whose fields this returns, with direction 'within' and threshold
+    [low, high]).
+    """
+    for name, s in (("id", id), ("statement", statement), ("metric", metric)):
+        if not isinstance(s, str) or (name == "id" and not s):
+            raise ValueError(f"{name} must be a{' non-empty' if name == 'id' else ''} string, got {s!r}")
+    for name, v in (("low", low), ("high", high)):
+        if isinstance(v, bool) or not isinstance(v, Real) or not np.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    if not low < high:
+        raise ValueError(f"low must be < high, got low={low!r}, high={high!r}")
+    min_bases = _check_int("min_bases", min_bases, 2)
+    ci = interval(values, level=level, num_resamples=num_resamples, seed=seed)
+    lo, hi = ci["ci_low"], ci["ci_high"]
+    holds, fails = low <= lo and hi <= high, hi < low or lo > high
+    if ci["n_bases"] < min_bases:
+        holds = fails = False
+    verdict = "holds" if holds else "fails" if fails else "inconclusive"
+    return dict(id=id, statement=statement, metric=metric, estimate=ci["estimate"], ci_low=lo, ci_high=hi,
+                n_bases=ci["n_bases"], n_repeats=ci["n_repeats"], verdict=verdict, direction="within",
+                threshold=[float(low), float(high)], level=ci["level"],
+                note=_few_bases_note(ci["n_bases"], min_bases))
+
+
+def unmeasured(id: str, statement: str, metric: str, note: str) -> dict:
+    """A claim that could not be measured (e.g. no seed reached the quantity): the fields of `claim` with no
+    estimate or interval, verdict 'inconclusive' and the reason in `note`."""
+    return dict(id=id, statement=statement, metric=metric, estimate=None, ci_low=None, ci_high=None, n_bases=0,
+                n_repeats=0, verdict="inconclusive", direction=None, threshold=None, level=None, note=note)
+
+
+def claims_markdown(claims: Sequence[Mapping], title: str = "") -> str:
+    """A markdown table of claims (from `claim` / `within`): id, statement, metric, estimate [95% interval],
+    bases x repeats, verdict, note (plus any 'context' entry)."""
+    lines = [f"## {title}", ""] if title else []
+    lines += ["| id | statement | metric | estimate [interval] | bases x repeats | verdict | note |",
+              "|---|---|---|---|---|---|---|"]
+    for c in claims:
+        note = "; ".join(x for x in (c.get("note", ""), c.get("context", "")) if x)
+        cell = lambda v: "n/a" if v is None or not np.isfinite(v) else f"{v:.4g}"
+        lines.append(f"| {c['id']} | {c['statement']} | {c['metric']} | {cell(c['estimate'])} "
+                     f"[{cell(c['ci_low'])}, {cell(c['ci_high'])}] | {c['n_bases']} x {c['n_repeats']} | "
+                     f"**{c['verdict']}** | {note} |")
+    return "\n".join(lines) + "\n"
 
 
 def agree(verdicts_a: Sequence[Mapping], verdicts_b: Sequence[Mapping]) -> dict:

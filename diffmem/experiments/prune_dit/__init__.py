@@ -118,7 +118,7 @@ def run(config, workdir: str) -> dict:
     where_out = {}
     if s.where.enabled:
         with Stopwatch(ctx, "where"):
-            where_out = where.where_decided(ctx)
+            where_out = where.where_decided(ctx, results)
 
     with Stopwatch(ctx, "claims"):
         summ = claims_lib.summaries(s, results)

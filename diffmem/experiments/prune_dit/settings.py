@@ -86,7 +86,8 @@ class ClaimsConfig(Schema):
 @dataclasses.dataclass(frozen=True)
 class WhereConfig(Schema):
     """Where is memorization decided: the swap test for each pair (a, b) (model a for t > tau, b below, and the
-    reverse) at unit times taus_u on every base (repeat 0), with num_samples samples; trajectories of base 0."""
+    reverse) on repeat 0's models of every base at claims.swap_tau and of base 0 at every taus_u; the trajectory
+    analysis of base 0 with num_samples samples."""
     enabled: bool = field(True)
     num_samples: int = field(500, min=2)
     taus_u: tuple[float, ...] = field((0.1, 0.3, 0.5), item_min=0.0, item_max=1.0, item_open=(True, False))

@@ -8,9 +8,9 @@
     t <= tau ('a_then_b'), and the reverse ('b_then_a'), for several tau (unit time u; t = ddpm_time(u)), all on the
     same keys (diffmem.pruning.swap_sample). If memorization is decided at small t, a_then_b moves to b alone
     already at small tau.
-Both run through the one sampling driver (diffmem.sampling.generate) on the keys stream(seed, "where", base), and
-are cached in <piece_dir>/where/m<samples>/. The swap test runs on every base (repeat 0's models): claim C7 takes
-its interval over the bases.
+Both run through the one sampling driver (diffmem.sampling.generate); the swap test on the keys of the models' own
+evaluation (so its endpoints are their measured memorization) on every base at claims.swap_tau (claim C7 takes its
+interval over the bases) and on base 0 at every where.taus_u. Cached in <piece_dir>/where/.
 """
 from __future__ import annotations
 
@@ -121,14 +121,14 @@ def swap_run(ctx: Context, name: str, base: int) -> Run:
     return Run(base, 0, name, ctx.s.prune.paper_eta if name in PRUNE_METHODS else None)
 
 
-def where_decided(ctx: Context) -> dict:
-    """The swap test on every base (repeat 0's models) and the trajectory decision times of base 0 (cached in
-    <piece_dir>/where/m<samples>/)."""
+def where_decided(ctx: Context, results: list[dict]) -> dict:
+    """The swap test of every pair on every base (repeat 0's models, on the keys and sample count of their own
+    evaluation, so the endpoints are the runs' own memorization): at claims.swap_tau on every base, at every
+    where.taus_u on base 0; and the trajectory decision times of base 0. Cached in <piece_dir>/where/."""
     s, model = ctx.s, ctx.model
-    wdir = os.path.join(ctx.piece_dir, "where", f"m{s.where.num_samples}")
-    cfg = dataclasses.replace(s.sampler, num_samples=s.where.num_samples,
-                              batch_size=min(s.sampler.batch_size, s.where.num_samples))
+    wdir = os.path.join(ctx.piece_dir, "where")
     u_min = s.diffusion.u_min
+    by_id = {r["run"]: r for r in results}
 
     def cached(name, fn):
         p = os.path.join(wdir, f"{name}.json")
@@ -145,33 +145,37 @@ def where_decided(ctx: Context) -> dict:
 
     out = {}
     if s.where.trajectory:
-        out["trajectory"] = cached("trajectory_b0", lambda: summarize_decisions(trajectory_decisions(
-            model, ctx.base_params(0), ctx.images, rng.stream(s.seed, "where", 0), cfg, u_min, s.eval.ratio)))
+        cfg = dataclasses.replace(s.sampler, num_samples=s.where.num_samples,
+                                  batch_size=min(s.sampler.batch_size, s.where.num_samples))
+        out["trajectory"] = cached(f"trajectory_b0_m{s.where.num_samples}", lambda: summarize_decisions(
+            trajectory_decisions(model, ctx.base_params(0), ctx.images, rng.stream(s.seed, "where", 0), cfg, u_min,
+                                 s.eval.ratio)))
     bases = []
     for b in range(s.design.bases):
-        key = rng.stream(s.seed, "where", b)
+        key = rng.stream(s.seed, "samples", b, 0)
+        taus = sorted(set(s.where.taus_u) | {s.claims.swap_tau}) if b == 0 else [s.claims.swap_tau]
         pairs = []
         for a_name, b_name in s.where.swap_pairs:
             ra, rb = swap_run(ctx, a_name, b), swap_run(ctx, b_name, b)
+            if ra.id not in by_id or rb.id not in by_id:
+                continue
             pa, ma = run_params(ctx, ra), mask_of(ctx, ra)
             pb, mb = run_params(ctx, rb), mask_of(ctx, rb)
-            sw = dict(pair=[a_name, b_name], runs=[ra.id, rb.id])
-            sw["a_alone"] = cached(f"{ra.id}_alone", lambda: mem_of(idf.sample(model, pa, key, cfg, u_min,
-                                                                              head_mask=ma)))
-            sw["b_alone"] = cached(f"{rb.id}_alone", lambda: mem_of(idf.sample(model, pb, key, cfg, u_min,
-                                                                              head_mask=mb)))
+            alone = lambda r: dict(memorization_ratio=by_id[r.id]["memorization_ratio"],   # noqa: E731
+                                   num_samples=s.sampler.num_samples)
             cells = []
-            for tau in s.where.taus_u:
+            for tau in taus:
                 cell = dict(tau_u=tau, tau_t=float(sde.ddpm_time(tau)))
                 cell["a_then_b"] = cached(f"{ra.id}_then_{rb.id}_{tau:g}", lambda: mem_of(
-                    pruning.swap_sample(model, pa, ma, pb, mb, tau, key, cfg, u_min)))
+                    pruning.swap_sample(model, pa, ma, pb, mb, tau, key, s.sampler, u_min)))
                 cell["b_then_a"] = cached(f"{rb.id}_then_{ra.id}_{tau:g}", lambda: mem_of(
-                    pruning.swap_sample(model, pb, mb, pa, ma, tau, key, cfg, u_min)))
+                    pruning.swap_sample(model, pb, mb, pa, ma, tau, key, s.sampler, u_min)))
                 cells.append(cell)
-            sw["taus"] = cells
-            pairs.append(sw)
+            pairs.append(dict(pair=[a_name, b_name], runs=[ra.id, rb.id], a_alone=alone(ra), b_alone=alone(rb),
+                              taus=cells))
         bases.append(dict(base=b, pairs=pairs))
     out["swap"] = dict(note="a_then_b: model a for t > tau, model b for t <= tau (b_then_a: the reverse); tau in "
-                            "unit time u, t = ddpm_time(u); memorization ratios of where.num_samples samples on the "
-                            "same keys (stream 'where'/base); repeat 0's models of each base", bases=bases)
+                            "unit time u, t = ddpm_time(u); memorization ratios of sampler.num_samples samples on the "
+                            "keys of the runs' own evaluation (stream 'samples'/base/0), so a_alone and b_alone are "
+                            "the runs' memorization; repeat 0's models of each base", bases=bases)
     return out

@@ -24,9 +24,37 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
     runtime.initialize_distributed()   # multi-host runs (launch/); a no-op unless DIFFMEM_DISTRIBUTED is set
     runtime.quiet_orbax()
+    try:
+        config = FLAGS.config
+        config.get("experiment")                   # loads the file now (the flag loads lazily)
+    except (IOError, OSError, ValueError) as e:   # a missing file or an unknown preset: one line, not a traceback
+        cause = e.__cause__ or e
+        raise app.UsageError(f"--config={FLAGS['config'].config_filename}: "
+                             f"{str(cause).strip().splitlines()[-1].strip()}") from None
     logging.info("diffmem: %s", runtime.describe())
-    logging.info("config %s -> workdir %s", flags.FLAGS["config"].config_filename, FLAGS.workdir)
-    experiments.run(FLAGS.config, FLAGS.workdir)
+    logging.info("config %s -> workdir %s", FLAGS["config"].config_filename, FLAGS.workdir)
+    try:
+        experiments.run(config, FLAGS.workdir)
+    except ValueError as e:
+        if not str(e).startswith(("config", "unknown key", "unknown top-level")):
+            raise
+        logging.error("%s", e)                     # a bad config value: the field and what is accepted
+        sys.exit(2)
+
+
+def _usage() -> str:
+    """The module docstring plus the experiments and their presets (shown by --help)."""
+    lines = [__doc__ or "", "Experiments (configs/<name>.py[:preset]):"]
+    root = os.path.join(os.getcwd(), "configs")
+    for name, what in experiments.EXPERIMENTS.items():
+        presets = ""
+        path = os.path.join(root, f"{name}.py")
+        if os.path.exists(path):
+            import re
+            m = re.search(r"^PRESETS = \((.*)\)", open(path).read(), re.M)
+            presets = f" [presets: {m.group(1).replace(chr(34), '').rstrip(',')}]" if m else ""
+        lines.append(f"  {name:<18} {what}{presets}")
+    return "\n".join(lines)
 
 
 def _config_root_on_path(argv) -> None:
@@ -41,4 +69,5 @@ def _config_root_on_path(argv) -> None:
 
 if __name__ == "__main__":
     _config_root_on_path(sys.argv)
+    sys.modules["__main__"].__doc__ = _usage()
     app.run(main)

@@ -204,7 +204,7 @@ def params_to_state_dict(model: dit_lib.DiT, params) -> dict[str, np.ndarray]:
     gets a zero 1-row label table (use label 0).
     """
     dh, full = _check_model(model)
-    p = dit_lib._unwrap(params)
+    p = dit_lib.variables(params)["params"]
     d = model.hidden
     get = lambda *path: np.asarray(_get(p, path), np.float32)
     sd: dict[str, np.ndarray] = {

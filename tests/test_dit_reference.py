@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffmem import torch_dit
+from diffmem import pruning, torch_dit
 from diffmem.models import dit as D
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "dit_reference.npz")
@@ -129,7 +129,7 @@ def test_pruned_model_exports_as_zero_padded_heads():
     mask = np.ones((model.depth, model.max_heads), np.float32)
     mask[0, 1] = mask[0, 3] = 0.0
     mask[2, :] = 0.0                                                             # a block with no head left
-    small, small_params = D.remove_heads(model, params, mask)
+    small, small_params = pruning.remove_heads(model, params, mask)
     assert small.head_counts == (2, 4, 0)
     sd = torch_dit.params_to_state_dict(small, small_params)
     np.testing.assert_array_equal(sd["blocks.2.attn.proj.weight"], 0.0)

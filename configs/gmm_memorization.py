@@ -2,8 +2,9 @@
 
   python -m diffmem.main --config=configs/gmm_memorization.py[:smoke|cpu|paper] --workdir=/tmp/gmm
 
-Presets: `smoke` (< 1 minute, used by the tests), `cpu` (default; the whole set in ~15-25 minutes on 2 CPU
-cores), `paper` (the paper's ranges: d = 32, K = 8, sizes ~24K..44M parameters, n 1K..100K, d 8..64;
+Presets: `smoke` (about a minute, used by the tests; two seeds, plumbing only), `cpu` (default; three training
+seeds, 3 sizes x 3 n at d = 32, the n x d and weight-decay sweeps at width 128: under 30 minutes on 2 CPU cores),
+`paper` (the paper's ranges: d = 32, K = 8, sizes ~24K..44M parameters, n 1K..100K, d 8..64, five seeds;
 accelerators, spread with launch/sweep.py which runs `get_sweep` shards then assembles).
 Every sweep cell (d, K, width, n, weight decay, seed) is trained once even when several figures use it;
 members that share an architecture train together as one vmapped jit step (diffmem.gmm_lab).
@@ -38,13 +39,14 @@ def get_config(arg=None):
     c.fig2 = dict(dim=2, num_components=4, n=16, widths=(4, 8, 16, 64, 256))
     # Figure 3a: memorization over n x size at (dim, K); then at one fixed width over n x d.
     # Sizes are `widths`, or `param_counts` (then width = the smallest width with at least that many params).
-    c.fig3a = dict(dim=32, num_components=8, ns=(32, 64, 128, 256, 512), widths=(32, 64, 128, 256, 512),
-                   param_counts=(), dims=(8, 16, 32, 64), dim_sweep_width=256, dim_sweep_param_count=0)
-    # Figure 3b: width sweep (the fig3a sizes) and weight-decay sweep (at wd_width) at a small and a large n.
-    # widths () = the fig3a sizes.
-    c.fig3b = dict(n_small=32, n_large=512, weight_decays=(0.0, 0.1, 0.3, 1.0, 3.0), wd_width=256,
-                   wd_param_count=0, widths=())
-    c.seeds = (0,)
+    c.fig3a = dict(dim=32, num_components=8, ns=(32, 128, 512), widths=(32, 128, 512), param_counts=(),
+                   dims=(8, 16, 32, 64), dim_sweep_width=128, dim_sweep_param_count=0)
+    # Figure 3b: width sweep (widths () = the fig3a sizes) and weight-decay sweep (at wd_width) at a small and a
+    # large n; the small-n log-likelihood claims use wd_moderate and width_moderate (0 = the middle positive decay,
+    # the second widest width).
+    c.fig3b = dict(n_small=32, n_large=512, weight_decays=(0.0, 0.1, 0.3, 1.0, 3.0), wd_width=128,
+                   wd_param_count=0, widths=(), wd_moderate=0.0, width_moderate=0)
+    c.seeds = (0, 1, 2)           # training seeds (init + SGD stream): the claims' intervals are over these
     c.max_members = 16            # sweep members per vmapped group (memory bound)
     c.references = True           # closed-form empirical- and true-score samplers for every (d, n)
     c.shard = dict(index=0, count=1)  # launch/sweep.py: shard i of count trains its groups only
@@ -58,6 +60,7 @@ def get_config(arg=None):
         c.fig2.update(dim=4, num_components=4, n=8, widths=(16,))
         c.fig3a.update(dim=8, num_components=4, ns=(8, 32), widths=(16, 64), dims=(4, 8), dim_sweep_width=16)
         c.fig3b.update(n_small=8, n_large=32, weight_decays=(0.0, 1.0), wd_width=64)
+        c.seeds = (0, 1)
         c.progress = False
     elif arg == "paper":
         c.model.update(depth=4)
@@ -70,6 +73,7 @@ def get_config(arg=None):
                        dims=(8, 16, 32, 64), dim_sweep_width=0, dim_sweep_param_count=12_000_000)
         c.fig3b.update(n_small=3200, n_large=10_000, weight_decays=(0.0, 0.01, 0.03, 0.1, 0.3, 1.0),
                        wd_width=1024, widths=(64, 128, 256, 512, 1024))
+        c.seeds = (0, 1, 2, 3, 4)
         c.max_members = 8
         c.progress = True
     return c

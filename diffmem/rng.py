@@ -31,6 +31,7 @@ STREAMS: dict[str, int] = {
     "points": 1,          # training point i
     "lab": 2,             # a group's run key (then "init" / "train" per member seed, "lab_samples")
     "lab_samples": 2,     # under a group's run key: sample i (common to every member)
+    "references": 3,      # gmm_memorization: the closed-form reference samplers' sample i
     # loss_gap: under the key of dimension d (stream(root, d))
     "gap_sets": 1,        # training set r at index gap_sets + r (then "data": its points, "queries")
     "queries": 1,         # under a training set's key: the Monte-Carlo draws (then the n index i, the t index j)

@@ -16,6 +16,7 @@ import optax
 
 from diffmem import config as config_lib
 from diffmem import experiments, gmm_lab, losses, sampling, scores, training
+from diffmem.experiments import gmm_memorization as gmm_mem
 from diffmem.models import mlp
 
 D = 3
@@ -190,15 +191,24 @@ def test_gmm_memorization_smoke_end_to_end(tmp_path):
     res = experiments.run(config, str(tmp_path))
     with open(tmp_path / "results.json") as f:
         saved = json.load(f)
-    for key in ("fig2", "fig3a_size", "fig3a_dim", "fig3b", "references", "directions", "cells"):
+    for key in ("fig2", "fig3a_size", "fig3a_dim", "fig3b", "references", "claims", "cells"):
         assert key in saved
     assert np.asarray(saved["fig3a_size"]["memorization_ratio"]).shape == (2, 2)
     assert np.asarray(saved["fig3a_dim"]["memorization_ratio"]).shape == (2, 2)
     assert len(saved["fig3b"]["wd_sweep"]["n_small"]["loglik_mean"]) == 2
     for ref in saved["references"].values():
         assert ref["empirical"]["memorization_ratio"] >= 0.9
-    for d in saved["directions"].values():
-        assert isinstance(d["held"], bool) and d["criterion"]
+    assert [c["id"] for c in saved["claims"]] == list(CLAIM_IDS)
+    for c in saved["claims"]:
+        assert c["verdict"] in ("holds", "fails", "inconclusive") and c["n_bases"] == 2
+        assert c["ci_low"] <= c["estimate"] <= c["ci_high"]
+    # a claim's estimate is the seed mean of the paired difference of its cells
+    size = saved["fig3a_size"]
+    mem = lambda w, n, seed: saved["cells"][f"d8_K4_w{w}_n{n}_wd0_s{seed}"]["memorization_ratio"]
+    want = np.mean([np.mean([mem(64, n, sd) - mem(16, n, sd) for sd in (0, 1)]) for n in (8, 32)])
+    assert saved["claims"][0]["estimate"] == pytest.approx(want, abs=1e-9)
+    assert size["widths"] == [16, 64]
+    assert "bigger_nets_memorize_more" in (tmp_path / "claims.md").read_text()
     for name in ("fig2.png", "fig3a_size.png", "fig3a_dim.png", "fig3b_width.png", "fig3b_wd.png"):
         assert os.path.getsize(tmp_path / name) > 1000
     # a re-run resumes: every cell is read back, the numbers are the same
@@ -206,8 +216,72 @@ def test_gmm_memorization_smoke_end_to_end(tmp_path):
     assert again["fig3a_size"] == res["fig3a_size"] and again["group_timings"] == []
 
 
+CLAIM_IDS = ("bigger_nets_memorize_more", "more_data_memorizes_less", "higher_d_memorizes_less",
+             "small_n_weight_decay_lowers_memorization", "small_n_weight_decay_raises_loglik",
+             "small_n_narrower_lowers_memorization", "small_n_narrower_raises_loglik",
+             "large_n_strong_decay_lowers_loglik", "large_n_wider_generalizes")
+
+
+def test_plan_groups_splits_evenly_by_architecture():
+    cells = [gmm_mem.Cell(8, 4, w, n, 0.0, 0) for w in (16, 64) for n in range(2, 35)]        # 33 cells per width
+    sizes = [(g[0].width, len(g)) for g in gmm_mem.plan_groups(cells, 16)]
+    assert sizes == [(16, 11), (16, 11), (16, 11), (64, 11), (64, 11), (64, 11)]
+    assert [len(g) for g in gmm_mem.plan_groups(cells[:32], 16)] == [16, 16]
+    assert [len(g) for g in gmm_mem.plan_groups(cells[:5], 16)] == [5]
+
+
+def test_direction_claim_verdicts_on_constructed_pairs():
+    """Every pair up -> holds; the mean up but one pair clearly down -> inconclusive (named); all down -> fails; seeds
+    that disagree -> inconclusive. The estimate is the seed mean of the pairs' mean difference."""
+    up = [("n=8", np.array([0.30, 0.35, 0.32])), ("n=32", np.array([0.10, 0.12, 0.11]))]
+    c = gmm_mem.direction_claim("x", "a > b", "diff", up)
+    assert c["verdict"] == "holds" and c["estimate"] == pytest.approx((0.97 / 3 + 0.33 / 3) / 2)
+    assert [p["verdict"] for p in c["pairs"]] == ["holds", "holds"]
+    mixed = up + [("n=64", np.array([-0.05, -0.06, -0.055]))]
+    c = gmm_mem.direction_claim("x", "a > b", "diff", mixed)
+    assert c["ci_low"] > 0 and c["verdict"] == "inconclusive" and "x[n=64]" in c["note"]
+    c = gmm_mem.direction_claim("x", "a > b", "diff", [(k, -v) for k, v in up])
+    assert c["verdict"] == "fails"
+    c = gmm_mem.direction_claim("x", "a > b", "diff", [("wd", np.array([0.3, -0.3, 0.05]))])
+    assert c["verdict"] == "inconclusive" and c["n_bases"] == 3
+
+
+def _fake_rows(s, mem_width_sign=1.0):
+    """Cells with memorization rising with width (times mem_width_sign) and falling with n, d and weight decay;
+    log-likelihood that decay and narrower nets raise at n_small and lower at n_large (the paper's directions),
+    plus per-cell noise much smaller than the effects."""
+    rs = np.random.RandomState(0)
+    rows = {}
+    for c in gmm_mem.plan_cells(s).values():
+        small = c.n == s.fig3b.n_small
+        mem = 0.5 + 0.1 * mem_width_sign * np.log2(c.width) - 0.1 * np.log2(c.n) - 0.02 * c.dim - 0.2 * c.weight_decay
+        ll = -10.0 + (1 if small else -1) * (0.5 * c.weight_decay - 0.01 * c.width)
+        rows[c.id] = dict(memorization_ratio=mem + 0.002 * rs.randn(), loglik_mean=ll + 0.002 * rs.randn(),
+                          loglik_stderr=0.1, frac_near_mean=1.0, median_dist_ratio=0.5, final_loss=1.0, params=100,
+                          n=c.n, seed=c.seed, weight_decay=c.weight_decay, width=c.width)
+    return rows
+
+
+def test_claims_read_the_right_cells():
+    """On constructed cells that follow every direction of the paper all 9 claims hold; flipping memorization
+    against width makes exactly the two width-memorization claims fail."""
+    s = gmm_mem.parse_config(_config())
+    res = gmm_mem.assemble(s, _fake_rows(s), {})
+    assert [c["id"] for c in res["claims"]] == list(CLAIM_IDS)
+    assert {c["id"]: c["verdict"] for c in res["claims"]} == dict.fromkeys(CLAIM_IDS, "holds")
+    # bigger nets: width 64 vs 16 is 0.1 * log2(4) = 0.2 at every n
+    assert res["claims"][0]["estimate"] == pytest.approx(0.2, abs=0.01)
+    flipped = {c["id"]: c["verdict"] for c in gmm_mem.assemble(s, _fake_rows(s, -1.0), {})["claims"]}
+    assert [k for k, v in flipped.items() if v != "holds"] == ["bigger_nets_memorize_more",
+                                                             "small_n_narrower_lowers_memorization"]
+    assert flipped["bigger_nets_memorize_more"] == "fails"
+
+
 @pytest.mark.parametrize("path,value,match", [
     ("fig3b.n_small", 64, "n_small < n_large"), ("fig3b.weight_decays", (0.1, 1.0), "contain 0.0"),
+    ("fig3b.weight_decays", (0.0,), "a decay > 0"), ("fig3b.wd_moderate", 0.5, "wd_moderate"),
+    ("fig3b.width_moderate", 64, "width_moderate"), ("train.weight_decay", 0.1, "config.train.weight_decay"),
+    ("sampler.use_ema", False, "use_ema"),
     ("loss.t0", 0.0, "t0"), ("shard.index", 3, "shard.index"), ("fig3a.ns", (1, 8), r"fig3a.ns\[0\]"),
     ("model.output", "x1", "output"), ("train.lr", -1.0, "lr")])
 def test_gmm_config_errors(path, value, match, tmp_path):

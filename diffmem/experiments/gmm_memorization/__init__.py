@@ -15,16 +15,15 @@ cells) trains as ONE vmapped jit step (gmm_lab.run_group). Randomness (diffmem.r
 stream(seed, "mixture", d, K); training point i from stream(seed, "points", d, K, i) (so the first n points do not
 depend on the largest n); a cell's network init and SGD stream from its training seed under stream(seed, "lab");
 samples of the networks from stream(seed, "lab", "lab_samples") for every cell (common random numbers); the
-closed-form reference samplers draw sample i from fold_in(stream(seed, "lab"), i).
+closed-form reference samplers draw sample i from fold_in(stream(seed, "references"), i).
 
 Resume: each finished cell is written to <workdir>/cells/<config hash>/<cell>.json (the hash covers every setting
 that changes a cell's numbers, not the sweep lists), so a re-run (or a larger sweep) skips finished cells; groups
 keep orbax checkpoints in <workdir>/groups/ and resume mid-training. With shard.count > 1 the run trains only the
 groups with index % count == shard.index and returns without assembling (launch/sweep.py).
 
-`directions` in results.json: each qualitative claim of the paper, the criterion, whether it held and the numbers.
-"a > b" means a - b > 2 standard errors (binomial errors with the (k+1)/(m+2) estimate for memorization ratios,
-sample standard errors for log-likelihoods, both averaged over seeds).
+Claims (results.json["claims"], claims.md; report.py): the paper's 9 qualitative directions, each an estimate of
+a paired difference between cells with a 95% bootstrap interval over the training seeds and a verdict.
 """
 from __future__ import annotations
 
@@ -37,12 +36,13 @@ from absl import logging
 
 from diffmem import gmm_lab, io, rng, sampling, scores, training
 from diffmem.experiments.gmm_memorization.figures import make_plots, samples_path
-from diffmem.experiments.gmm_memorization.report import assemble
+from diffmem.experiments.gmm_memorization.report import assemble, claims_text, direction_claim
 from diffmem.experiments.gmm_memorization.settings import (Cell, Settings, make_mixture, parse_config, plan_cells,
                                                            plan_groups, reference_sets, training_points)
 from diffmem.models import mlp
 
-__all__ = ["Cell", "Settings", "parse_config", "plan_cells", "plan_groups", "reference_sets", "run"]
+__all__ = ["Cell", "Settings", "assemble", "direction_claim", "parse_config", "plan_cells", "plan_groups",
+           "reference_sets", "run"]
 
 
 def run_groups(s: Settings, groups: list[list[Cell]], cell_dir, group_dir, keep_samples: set) -> list[dict]:
@@ -83,7 +83,7 @@ def run_references(s: Settings, cell_dir) -> None:
     """Closed-form empirical-score (memorizes) and true-score (generalizes) samplers per (d, K, n)."""
     sp = s.sampler
     grid = sampling.time_grid(s.loss.t0, s.loss.T, sp.steps, sp.spacing)
-    key = rng.stream(s.seed, "lab")
+    key = rng.stream(s.seed, "references")
     for (dim, k), ns in reference_sets(s).items():
         todo = [n for n in ns if not io.exists(cell_dir / f"ref_d{dim}_K{k}_n{n}.json")]
         if not todo:
@@ -139,8 +139,11 @@ def run(config, workdir: str) -> dict:
     results["group_timings"] = timings
     results["wall_seconds"] = time.perf_counter() - tic
     results["config_hash"] = s.cell_hash()
+    results = io.jsonable(results)
     make_plots(s, results, rows, cell_dir, wd)
     io.write_json(wd / "results.json", results)
-    for name, d in results["directions"].items():
-        logging.info("direction %-45s held=%s", name, d["held"])
+    io.write_text(wd / "claims.md", claims_text(s, results["claims"]))
+    for c in results["claims"]:
+        logging.info("claim %-42s %-12s estimate %.4g [%.4g, %.4g] %s", c["id"], c["verdict"], c["estimate"],
+                     c["ci_low"], c["ci_high"], c["note"])
     return results

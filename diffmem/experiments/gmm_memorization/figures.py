@@ -72,8 +72,12 @@ def make_plots(s: Settings, results: dict, rows: dict, cell_dir, workdir) -> Non
         ax2 = ax.twinx()
         xplot = list(range(len(xs)))
         for label, color in (("n_small", "tab:red"), ("n_large", "tab:blue")):
-            ax.plot(xplot, sweep[label]["memorization_ratio"], "-o", c=color, label=f"n={fb[label]} memorization")
-            ax2.plot(xplot, sweep[label]["loglik_mean"], "--s", c=color, label=f"n={fb[label]} log-lik")
+            for a, key, ls, what in ((ax, "memorization_ratio", "-o", "memorization"),
+                                     (ax2, "loglik_mean", "--s", "log-lik")):
+                seeds = np.asarray(sweep[label][f"{key}_seeds"])                            # (points, seeds)
+                mean = np.asarray(sweep[label][key])
+                a.errorbar(xplot, mean, yerr=[mean - seeds.min(1), seeds.max(1) - mean], fmt=ls, c=color,
+                           capsize=2, label=f"n={fb[label]} {what}")
         ax.set_xticks(xplot, [f"{x:g}" for x in xs])
         ax.set_xlabel(xlabel)
         ax.set_ylabel("memorization ratio (solid)")
@@ -82,6 +86,6 @@ def make_plots(s: Settings, results: dict, rows: dict, cell_dir, workdir) -> Non
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
         ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="best")
-        ax.set_title(f"Figure 3b: {xlabel} sweep (d={fb['dim']})")
+        ax.set_title(f"Figure 3b: {xlabel} sweep (d={fb['dim']}; bars: range over {len(s.seeds)} seeds)")
         fig.tight_layout()
         plots.save_figure(fig, wd / f"{name}.png", dpi=110)

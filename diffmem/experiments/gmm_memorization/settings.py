@@ -65,13 +65,21 @@ class Fig3bConfig(Schema):
     wd_width: int = field(0, min=0)
     wd_param_count: int = field(0, min=0)
     widths: tuple[int, ...] = field((), item_min=1)
+    wd_moderate: float = field(0.0, min=0, help="the decay of the small-n log-likelihood claim; 0 = the middle "
+                                                "positive decay")
+    width_moderate: int = field(0, min=0, help="the narrower width of the small-n log-likelihood claim; 0 = the "
+                                               "second widest of the width sweep")
 
     def check(self):
         if not self.n_small < self.n_large:
             raise self.fail("n_small", f"must be < config.fig3b.n_large (n_small < n_large), got {self.n_small}, "
                                        f"{self.n_large}")
-        if 0.0 not in self.weight_decays:
-            raise self.fail("weight_decays", f"must contain 0.0 (the reference), got {list(self.weight_decays)}")
+        if 0.0 not in self.weight_decays or len(self.weight_decays) < 2:
+            raise self.fail("weight_decays", f"must contain 0.0 (the reference) and a decay > 0, got "
+                                             f"{list(self.weight_decays)}")
+        if self.wd_moderate and self.wd_moderate not in self.weight_decays:
+            raise self.fail("wd_moderate", f"must be 0 (automatic) or one of weight_decays "
+                                           f"{list(self.weight_decays)}, got {self.wd_moderate:g}")
         if len(set(self.weight_decays)) != len(self.weight_decays):
             raise self.fail("weight_decays", f"must be distinct, got {list(self.weight_decays)}")
         if bool(self.wd_width) == bool(self.wd_param_count):
@@ -114,6 +122,17 @@ class Settings(Schema):
     def check(self):
         if len(set(self.seeds)) != len(self.seeds):
             raise self.fail("seeds", f"must be distinct, got {list(self.seeds)}")
+        for name, v in (("fig3a", self.fig3a_widths()), ("fig3b", self.fig3b_widths())):
+            if len(v) < 2:
+                raise self.fail(name, f".widths: the claims compare the narrowest with the widest net, so at least "
+                                      f"2 sizes are needed, got {v}")
+        if len(self.fig3a.ns) < 2 or len(self.fig3a.dims) < 2:
+            raise self.fail("fig3a", f".ns and config.fig3a.dims need at least 2 values each, got "
+                                     f"{list(self.fig3a.ns)}, {list(self.fig3a.dims)}")
+        w = self.fig3b.width_moderate
+        if w and (w not in self.fig3b_widths() or w == max(self.fig3b_widths())):
+            raise self.fail("fig3b", f".width_moderate must be 0 (automatic) or a width of the fig3b width sweep "
+                                     f"below the widest {self.fig3b_widths()}, got {w}")
         if self.train.weight_decay != 0:
             raise self.fail("train", f".weight_decay must be 0: the lab sets weight decay per sweep cell "
                                      f"(config.fig3b.weight_decays), got {self.train.weight_decay}")
@@ -141,13 +160,23 @@ class Settings(Schema):
         f = self.fig3a
         if f.param_counts:
             return sorted({self.width_of(f.dim, 0, p) for p in f.param_counts})
-        return list(f.widths)
+        return sorted(f.widths)
 
     def dim_sweep_width(self, dim: int) -> int:
         return self.width_of(dim, self.fig3a.dim_sweep_width, self.fig3a.dim_sweep_param_count)
 
     def fig3b_widths(self) -> list[int]:
-        return list(self.fig3b.widths) or self.fig3a_widths()
+        return sorted(self.fig3b.widths) or self.fig3a_widths()
+
+    def wd_moderate(self) -> float:
+        """The decay of the small-n log-likelihood claim: config.fig3b.wd_moderate, or the middle positive decay."""
+        pos = [w for w in self.weight_decays if w > 0]
+        return float(self.fig3b.wd_moderate) if self.fig3b.wd_moderate else pos[(len(pos) - 1) // 2]
+
+    def width_moderate(self) -> int:
+        """The narrower width of the small-n log-likelihood claim: config.fig3b.width_moderate, or the second
+        widest of the width sweep."""
+        return self.fig3b.width_moderate or self.fig3b_widths()[-2]
 
     def wd_width(self) -> int:
         return self.width_of(self.fig3a.dim, self.fig3b.wd_width, self.fig3b.wd_param_count)
@@ -187,17 +216,17 @@ class Cell:
 
 
 def plan_cells(s: Settings) -> dict[str, Cell]:
-    """Every cell the figures need, de-duplicated, for every training seed."""
+    """Every cell the figures need, de-duplicated, for every training seed (Figure 2: the first seed)."""
     cells: dict[str, Cell] = {}
 
-    def add(dim, k, width, n, wd):
-        for seed in s.seeds:
+    def add(dim, k, width, n, wd, seeds=s.seeds):
+        for seed in seeds:
             c = Cell(dim, k, width, n, float(wd), seed)
             cells[c.id] = c
 
     f2, f3, fb = s.fig2, s.fig3a, s.fig3b
-    for w in f2.widths:
-        add(f2.dim, f2.num_components, w, f2.n, 0.0)
+    for w in f2.widths:                     # Figure 2 shows one training seed (its panels feed no claim)
+        add(f2.dim, f2.num_components, w, f2.n, 0.0, s.seeds[:1])
     for w in s.fig3a_widths():
         for n in f3.ns:
             add(f3.dim, f3.num_components, w, n, 0.0)
@@ -213,14 +242,16 @@ def plan_cells(s: Settings) -> dict[str, Cell]:
 
 
 def plan_groups(cells: Sequence[Cell], max_members: int) -> list[list[Cell]]:
-    """Cells grouped by architecture (d, K, width), split into chunks of at most max_members, sorted."""
+    """Cells grouped by architecture (d, K, width), sorted, split into the fewest chunks of at most max_members, of
+    sizes as equal as possible (33 cells at 16 -> 11 + 11 + 11, not 16 + 16 + 1: a group costs its longest member)."""
     by_arch: dict[tuple, list[Cell]] = {}
     for c in sorted(cells, key=lambda c: (c.group, c.n, c.weight_decay, c.seed)):
         by_arch.setdefault(c.group, []).append(c)
     groups = []
     for arch in sorted(by_arch):
         members = by_arch[arch]
-        groups += [members[i:i + max_members] for i in range(0, len(members), max_members)]
+        size = -(-len(members) // -(-len(members) // max_members))       # ceil(len / number of chunks)
+        groups += [members[i:i + size] for i in range(0, len(members), size)]
     return groups
 
 

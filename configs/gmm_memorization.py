@@ -14,10 +14,13 @@ import ml_collections
 from configs import common
 
 
+PRESETS = ("smoke", "cpu", "paper")
+
+
 def get_config(arg=None):
     arg = arg or "cpu"
-    if arg not in ("smoke", "cpu", "paper"):
-        raise ValueError(f"config arg must be one of 'smoke', 'cpu', 'paper', got {arg!r}")
+    if arg not in PRESETS:
+        raise ValueError(f"configs/gmm_memorization.py: preset must be one of {PRESETS}, got {arg!r}")
     c = ml_collections.ConfigDict()
     c.experiment = "gmm_memorization"
     c.seed = 0

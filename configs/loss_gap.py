@@ -8,10 +8,13 @@ the theorem's claims on its window (results.json["claims"], claims.md).
 import ml_collections
 
 
+PRESETS = ("smoke", "cpu", "paper")
+
+
 def get_config(arg=None):
     arg = arg or "cpu"
-    if arg not in ("cpu", "smoke", "paper"):
-        raise ValueError(f"configs/loss_gap.py: arg must be 'cpu', 'smoke' or 'paper', got {arg!r}")
+    if arg not in PRESETS:
+        raise ValueError(f"configs/loss_gap.py: preset must be one of {PRESETS}, got {arg!r}")
     c = ml_collections.ConfigDict()
     c.experiment = "loss_gap"
     c.seed = 0

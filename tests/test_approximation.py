@@ -203,3 +203,11 @@ def test_unknown_config_key(tmp_path):
     config.train.momentum = 0.9
     with pytest.raises(ValueError, match="momentum"):
         experiments.run(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("preset", approx_cfg.PRESETS)
+def test_every_preset_parses(preset):
+    s = ap.parse_config(approx_cfg.get_config(preset))
+    assert s.preset == preset and len(s.data.ns) >= 2 and len(s.seeds) >= 2
+    if preset != "smoke":   # the floor: >= 6 n, d = 2 and a d >= 8, >= 3 replicates
+        assert len(s.data.ns) >= 6 and 2 in s.data.dims and max(s.data.dims) >= 8 and len(s.seeds) >= 3

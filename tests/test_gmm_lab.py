@@ -313,3 +313,9 @@ def test_launch_sweep_expands_get_sweep():
     assert sweep.format_value(True) == "true"
     with pytest.raises(ValueError, match="does not exist"):
         sweep.load_sweep("configs/nope.py:cpu")
+
+
+@pytest.mark.parametrize("preset", gmm_cfg.PRESETS)
+def test_every_preset_parses(preset):
+    s = gmm_mem.parse_config(gmm_cfg.get_config(preset))
+    assert s.preset == preset and len(s.seeds) >= (2 if preset == "smoke" else 3)

@@ -159,3 +159,9 @@ def test_main_entry_smoke_and_unknown_key(tmp_path):
                          text=True, timeout=300)
     assert bad.returncode != 0
     assert "not_a_field" in bad.stderr
+
+
+@pytest.mark.parametrize("preset", loss_gap_config.PRESETS)
+def test_every_preset_parses(preset):
+    s = loss_gap.parse_config(loss_gap_config.get_config(preset))
+    assert s.preset == preset and s.num_datasets >= 2

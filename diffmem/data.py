@@ -11,6 +11,15 @@ Sources (the `name` argument of `load_images`):
   * 'idx:<dir>'        MNIST-format IDX files: <prefix>-images[-.]idx3-ubyte[.gz] and
                        <prefix>-labels[-.]idx1-ubyte[.gz] with prefix 'train' (split='train') or 't10k' / 'test'
                        (split='test').
+  * 'folder:<dir>'     a folder of PNG / JPEG files (.png, .jpg, .jpeg, any case; other and hidden files are
+                       ignored), read with Pillow in sorted file-name order (`folder_files`). Labels from class
+                       sub-folders (ImageFolder layout <dir>/<class>/<file>, classes = the sorted sub-folder names,
+                       one level deep) or -1 when the images lie in <dir> itself (both at once is an error). Modes:
+                       8-bit grayscale 'L' -> 1 channel, 'RGB' -> 3; an alpha channel is dropped only when fully
+                       opaque; palette / 1-bit images are expanded losslessly; anything else (16-bit, CMYK,
+                       transparency) is an error. Every image must have the same size and channel count: nothing
+                       is resized or converted between grayscale and RGB (crop / pool apply afterwards, to the
+                       equal-size images). It has no split: split='train' means all images.
 
 Pixel range, decided by dtype (never by the values): uint8 is read as 0..255 and mapped to [-1, 1] by
 x / 127.5 - 1; floating point is taken as already in [-1, 1] (it must be finite and inside [-1, 1]); any other
@@ -36,7 +45,8 @@ import numpy as np
 Array = jax.Array
 
 ACCEPTED_NAMES = ("'digits'", "'tfds:<name>' (e.g. 'tfds:cifar10', 'tfds:mnist')", "'npz:<path>'",
-                  "'idx:<dir>'")
+                  "'idx:<dir>'", "'folder:<dir>' (PNG / JPEG files)")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")  # 'folder:' sources, compared lower-case
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -269,6 +279,93 @@ def _load_idx(directory, n, seed, split, class_balanced) -> ImageData:
                    f"idx:{directory}:{split}", num_classes)
 
 
+def folder_files(directory: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """The images of a 'folder:' source: (paths in load order, labels (N,) int64, class names).
+
+    Files with an IMAGE_EXTENSIONS suffix (any case; hidden files ignored) directly in `directory` (labels -1, no
+    classes), or in its sub-folders (labels = index of the sub-folder in the sorted names of those holding images);
+    sorted by file name (within a class). Index i of `load_images('folder:<dir>')` is paths[i].
+    """
+    if not os.path.isdir(directory):
+        raise ValueError(f"name 'folder:{directory}': no such directory")
+
+    def images_in(d):
+        return sorted(f for f in os.listdir(d) if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+                      and os.path.isfile(os.path.join(d, f)))
+
+    top = images_in(directory)
+    subs = sorted(e for e in os.listdir(directory) if not e.startswith(".")
+                  and os.path.isdir(os.path.join(directory, e)))
+    classes = [c for c in subs if images_in(os.path.join(directory, c))]
+    if top and classes:
+        raise ValueError(f"name 'folder:{directory}': holds images both directly ({len(top)}, e.g. {top[0]!r}) and in "
+                         f"class sub-folders ({classes[:3]}); use one layout: <dir>/<file> (no labels) or "
+                         f"<dir>/<class>/<file>")
+    if top:
+        return [os.path.join(directory, f) for f in top], np.full(len(top), -1, np.int64), []
+    paths, labels = [], []
+    for k, c in enumerate(classes):
+        files = images_in(os.path.join(directory, c))
+        paths += [os.path.join(directory, c, f) for f in files]
+        labels += [k] * len(files)
+    if not paths:
+        raise ValueError(f"name 'folder:{directory}': no {'/'.join(IMAGE_EXTENSIONS)} files in it or in its "
+                         f"sub-folders")
+    return paths, np.asarray(labels, np.int64), classes
+
+
+def read_image_file(path: str) -> np.ndarray:
+    """One PNG / JPEG file as uint8 (H, W, C), C = 1 ('L') or 3 ('RGB'); see the module doc for the modes."""
+    try:
+        from PIL import Image
+    except ImportError as e:  # matplotlib depends on Pillow, so this is only a broken install
+        raise ValueError("'folder:' sources need Pillow (pip install pillow)") from e
+    try:
+        with Image.open(path) as im:
+            if im.mode == "1":
+                im = im.convert("L")                     # bilevel: 0 / 255, lossless
+            elif im.mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")   # palette: lossless
+            mode = im.mode
+            if mode not in ("L", "LA", "RGB", "RGBA"):
+                raise ValueError(f"{path}: image mode {mode!r} is not supported; accepted: 8-bit grayscale ('L') or "
+                                 f"RGB, with a fully opaque alpha channel allowed (convert the file)")
+            a = np.asarray(im)
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable PNG / JPEG file ({e})") from None
+    a = a[..., None] if a.ndim == 2 else a
+    if mode in ("LA", "RGBA"):
+        if (a[..., -1] != 255).any():
+            raise ValueError(f"{path}: the alpha channel is not fully opaque; diffmem does not composite "
+                             f"transparency (convert the file to 'L' or 'RGB')")
+        a = a[..., :-1]
+    return np.ascontiguousarray(a, np.uint8)
+
+
+def _examples(groups: dict, what) -> str:
+    return ", ".join(f"{len(v)} {what(k)} (e.g. {os.path.basename(v[0])!r})" for k, v in sorted(groups.items()))
+
+
+def _load_folder(directory, n, seed, split, class_balanced) -> ImageData:
+    _require_train_split(split, "'folder:' directories")
+    paths, labels, classes = folder_files(directory)
+    idx = subset_indices(len(paths), n, seed, labels if classes else None, class_balanced, len(classes))
+    arrays = [read_image_file(paths[i]) for i in idx]
+    sizes, modes = {}, {}
+    for i, a in zip(idx, arrays):
+        sizes.setdefault(a.shape[:2], []).append(paths[i])
+        modes.setdefault(a.shape[2], []).append(paths[i])
+    if len(sizes) > 1:
+        raise ValueError(f"name 'folder:{directory}': images differ in size: "
+                         f"{_examples(sizes, lambda s: f'of {s[0]}x{s[1]}')}; diffmem never resizes: make the files "
+                         f"one size first (crop / pool then apply to the equal-size images)")
+    if len(modes) > 1:
+        raise ValueError(f"name 'folder:{directory}': images mix grayscale and RGB: "
+                         f"{_examples(modes, lambda c: 'grayscale' if c == 1 else 'RGB')}; diffmem converts "
+                         f"neither way implicitly: convert the files to one mode")
+    return _finish(np.stack(arrays), labels[idx] if classes else None, idx, f"folder:{directory}", len(classes))
+
+
 def _tfds_data_dir(data_dir) -> str:
     return os.fspath(data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets"))
 
@@ -356,10 +453,11 @@ def load_images(name: str = "digits", n: int | None = None, seed: int = 0, split
     kind, _, rest = name.partition(":")
     if name == "digits":
         d = _load_digits(n, seed, split, class_balanced)
-    elif kind in ("tfds", "npz", "idx") and rest:
+    elif kind in ("tfds", "npz", "idx", "folder") and rest:
         loader = {"tfds": lambda: _load_tfds(rest, n, seed, split, class_balanced, data_dir),
                   "npz": lambda: _load_npz(rest, n, seed, split, class_balanced),
-                  "idx": lambda: _load_idx(rest, n, seed, split, class_balanced)}[kind]
+                  "idx": lambda: _load_idx(rest, n, seed, split, class_balanced),
+                  "folder": lambda: _load_folder(rest, n, seed, split, class_balanced)}[kind]
         d = loader()
     else:
         raise ValueError(f"name must be one of {', '.join(ACCEPTED_NAMES)}; got {name!r}")

@@ -25,7 +25,9 @@ the same conditioning vector c = t_emb + y_emb. A table of num_classes rows with
 (the null label then means "no label embedding"; the reference model has no null label to compare with).
 
 Everything here is numpy (no torch import): a state dict of torch tensors can be passed as is (each value goes
-through np.asarray) or as {k: v.numpy()}.
+through np.asarray) or as {k: v.numpy()}. Checkpoint files: `import_dit` reads a `.pt` (diffmem.checkpoints.read_pt,
+torch-free) into (DiT, params); `export_dit` writes one that the reference `models.DiT(**reference_kwargs(model))`
+loads with torch.load + load_state_dict.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from diffmem import checkpoints, io
 from diffmem.models import dit as dit_lib
 
 _BLOCK_LINEARS = {"attn.qkv": ("attn", "qkv"), "attn.proj": ("attn", "proj"), "mlp.fc1": ("mlp", "fc1"),
@@ -240,6 +243,54 @@ def params_to_state_dict(model: dit_lib.DiT, params) -> dict[str, np.ndarray]:
         sd[_Y_KEY] = np.zeros((1, d), np.float32)
     sd[_POS_KEY] = dit_lib.get_2d_sincos_pos_embed(d, model.image_size // model.patch)[None].copy()
     return sd
+
+
+# ---------------------------------------------------------------------------------------- checkpoint files
+
+def import_dit(path, *, key: str = "auto", heads: Optional[int] = None, num_classes: Optional[int] = None,
+               image_size: Optional[int] = None) -> tuple[dit_lib.DiT, dict, dict]:
+    """A facebookresearch/DiT `.pt` checkpoint as (diffmem DiT, params (numpy), info).
+
+    key: which entry holds the weights (`checkpoints.state_dict_of`); heads / num_classes override `infer_dit_fields`
+    (heads are not stored; num_classes for a label table without a null row, i.e. class_dropout_prob = 0);
+    image_size: the DiT's input size (for the official latent DiTs the latent size, image / 8), checked against
+    pos_embed, needed when the state dict has none. info: source, key, fields, num_params.
+    """
+    sd, used = checkpoints.state_dict_of(checkpoints.read_pt(path), key)
+    fields = infer_dit_fields(sd, heads=heads)
+    if num_classes is not None:
+        fields["num_classes"] = int(num_classes)
+    stored = fields["image_size"]
+    if image_size is not None and stored is not None and image_size != stored:
+        hint = (f" (the official DiTs take latents: input size = image size / 8 = {stored})"
+                if image_size == 8 * stored else "")
+        raise ValueError(f"image_size={image_size} disagrees with the checkpoint's pos_embed, which is for input "
+                         f"size {stored}{hint}")
+    fields["image_size"] = stored if stored is not None else image_size
+    if fields["image_size"] is None:
+        raise ValueError("image_size must be given: the checkpoint has no pos_embed to read it from")
+    model = dit_lib.DiT(**fields)
+    params = state_dict_to_params(sd, model)
+    return model, params, dict(source=str(path), key=used, fields=fields, num_params=dit_lib.count_params(params))
+
+
+def reference_kwargs(model: dit_lib.DiT) -> dict:
+    """The constructor arguments of the reference `models.DiT` that loads `params_to_state_dict(model, ...)`."""
+    dh = model.resolved_head_dim
+    return dict(input_size=model.image_size, patch_size=model.patch, in_channels=model.channels,
+                hidden_size=model.hidden, depth=model.depth, num_heads=model.hidden // dh,
+                mlp_ratio=float(model.mlp_ratio), class_dropout_prob=0.1 if model.num_classes else 0.0,
+                num_classes=max(model.num_classes, 1), learn_sigma=bool(model.learn_sigma))
+
+
+def export_dit(path, model: dit_lib.DiT, params) -> dict:
+    """Writes the reference state dict of `model` (a pruned one as zero-padded heads) as a `.pt` at `path` and
+    `reference_kwargs(model)` beside it as `<path>.json`; returns those kwargs."""
+    checkpoints.write_pt(path, params_to_state_dict(model, params))
+    kwargs = reference_kwargs(model)
+    io.write_json(f"{path}.json", dict(reference_kwargs=kwargs, heads=list(model.head_counts),
+                                       note="models.DiT(**reference_kwargs).load_state_dict(torch.load(path))"))
+    return kwargs
 
 
 def _get(tree, path):

@@ -15,6 +15,7 @@ EXPERIMENTS = {
     "gmm_memorization": "Figures 2, 3a, 3b: memorization of score networks on Gaussian mixtures",
     "train_dit": "memorization of a DiT against the training-set size",
     "prune_dit": "Table 1, Algorithms 1-2: head-importance pruning of a memorizing DiT",
+    "audit": "memorization, duplicates, quality and calibration of your own samples against a training set",
 }
 
 

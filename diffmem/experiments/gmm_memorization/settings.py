@@ -243,7 +243,8 @@ def plan_cells(s: Settings) -> dict[str, Cell]:
 
 def plan_groups(cells: Sequence[Cell], max_members: int) -> list[list[Cell]]:
     """Cells grouped by architecture (d, K, width), sorted, split into the fewest chunks of at most max_members, of
-    sizes as equal as possible (33 cells at 16 -> 11 + 11 + 11, not 16 + 16 + 1: a group costs its longest member)."""
+    sizes as equal as possible (33 cells at 16 -> 11 + 11 + 11, not 16 + 16 + 1; the same number of groups and of
+    member-steps, with a smaller largest group)."""
     by_arch: dict[tuple, list[Cell]] = {}
     for c in sorted(cells, key=lambda c: (c.group, c.n, c.weight_decay, c.seed)):
         by_arch.setdefault(c.group, []).append(c)

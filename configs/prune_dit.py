@@ -10,9 +10,10 @@ and a verdict.
 
 Presets:
   smoke    a tiny DiT on 8x8 digits, a few steps, 2 bases x 2 repeats, few samples: plumbing only.
-  cpu      the testbed where heads matter: scikit-learn's 8x8 digits at patch 2 (16 tokens per image), a DiT with
-           3 layers x 8 heads (24 heads), 3 bases x 5 repeats, 1,000 samples per model; the CI's main job.
-  cpu_full the same testbed with 5 bases x 5 repeats and 3 sweep repeats (intervals with more bases).
+  cpu      the testbed where heads matter: n = 32 of scikit-learn's 8x8 digits at patch 2 (16 tokens per image), a DiT
+           with 3 layers x 8 heads (24 heads), 3 bases x 5 repeats at eta 20% (2 at eta 40%), 1,000 samples per
+           model; the CI's main job.
+  cpu_full the same testbed with 5 bases x 5 repeats, 3 repeats at each eta of 0.1 .. 0.5, and importance_uniform.
   fashion  Fashion-MNIST (Debian's dataset-fashion-mnist IDX files: apt-get install dataset-fashion-mnist),
            center-cropped to 24 x 24 and 2 x 2 average-pooled to 12 x 12 (stated in results.json), patch 2 = 36 tokens.
   cifar10  the paper's setting: DiT-S/2 (12 x 6 = 72 heads) on a random 5,000-image CIFAR-10 subset (tfds:cifar10,
@@ -42,34 +43,35 @@ def get_config(arg=None):
     c.preset = arg
 
     # Training images: the same seeded random subset of n for every base.
-    c.data = ml_collections.ConfigDict(dict(common.image_data(), n=48))
-    # 8x8 digits at patch 2: 16 tokens of 2x2 pixels; 3 layers x 8 heads of width 8 = 24 heads.
-    c.model = common.dit(patch=2, hidden=64, depth=3, heads=8)
+    c.data = ml_collections.ConfigDict(dict(common.image_data(), n=32))
+    # 8x8 digits at patch 2: 16 tokens of 2x2 pixels; 3 layers x 8 heads of width 6 = 24 heads (0.15M parameters).
+    c.model = common.dit(patch=2, hidden=48, depth=3, heads=8)
     c.diffusion = common.diffusion()
     # '' = train the bases here (<workdir>/bases, resumable); else a directory with orbax checkpoints of ONE base
     # with exactly these sizes (e.g. <train_dit workdir>/n5000); then design.bases = 1.
     c.base_checkpoint = ""
     # Base training: every base is one member of a vmapped group (seeds 0..bases-1 under config.seed).
-    c.train = common.train(steps=12_000, batch_size=32, lr=2e-3, warmup_steps=100, ema_decay=0.995, log_every=500,
+    c.train = common.train(steps=8000, batch_size=32, lr=2e-3, warmup_steps=100, ema_decay=0.995, log_every=500,
                            ckpt_every=2000)
     # Fine-tuning after pruning (Algorithm 1: M steps of the ordinary loss, mask fixed), from the base's sampling
     # parameters with a fresh optimizer; the finetune_only control uses exactly these settings with every head.
-    c.finetune = common.train(steps=300, batch_size=32, lr=1e-3, warmup_steps=20, ema_decay=0.99, log_every=100,
-                              ckpt_every=300)
+    c.finetune = common.train(steps=200, batch_size=32, lr=1e-3, warmup_steps=20, ema_decay=0.99, log_every=100,
+                              ckpt_every=200)
     c.design = dict(bases=3, repeats=5, sweep_repeats=2, group_size=64)
     # etas: the sweep of the frontier (paper_eta added); scores: batches of ONE u in [u_min, 1] (Algorithm 2).
-    c.prune = dict(etas=(0.1, 0.2, 0.35, 0.5), paper_eta=0.2, keep_one_per_layer=False, score_batches=32,
+    c.prune = dict(etas=(0.2, 0.4), paper_eta=0.2, keep_one_per_layer=False, score_batches=32,
                    score_batch_size=32, loss_batches=16)
-    c.methods = ("importance", "importance_large_t", "importance_uniform", "random", "magnitude",
-                 "weight_decay_finetune")
+    c.methods = ("importance", "importance_large_t", "random", "magnitude", "weight_decay_finetune")
     c.sweep_methods = ("importance", "random", "magnitude")   # methods run at every eta (the frontier, claim C5)
     c.weight_decay = dict(base=False, base_value=0.1, finetune_value=3.0)
-    c.sampler = common.sampler(num_samples=1000, steps=100, batch_size=250)
+    # The ancestral sampler (exact OU posterior steps): 50 steps measure the memorization that 100 Euler-Maruyama
+    # steps do (Euler-Maruyama with 50 steps misses a quarter of it).
+    c.sampler = common.sampler(num_samples=1000, steps=50, method="ancestral", batch_size=250)
     c.eval = common.image_eval(kid_subsets=50, grid_samples=32)
     c.claims = dict(level=0.95, num_resamples=10_000, fd_tolerance=0.1, precision_tolerance=0.02, frontier_levels=5,
                     swap_tau=0.3, swap_share=0.5)
     # Where is memorization decided: the swap test on every base (claim C7) and base 0's trajectories.
-    c.where = dict(enabled=True, num_samples=500, taus_u=(0.1, 0.3, 0.5),
+    c.where = dict(enabled=True, num_samples=256, taus_u=(0.1, 0.3, 0.5),
                    swap_pairs=(("finetune_only", "weight_decay_finetune"),), trajectory=True)
     c.progress = False
 
@@ -88,6 +90,9 @@ def get_config(arg=None):
         c.where.update(num_samples=24, taus_u=(0.5,))
     elif arg == "cpu_full":
         c.design.update(bases=5, repeats=5, sweep_repeats=3)
+        c.prune.update(etas=(0.1, 0.2, 0.3, 0.4, 0.5))
+        c.methods = ("importance", "importance_large_t", "importance_uniform", "random", "magnitude",
+                     "weight_decay_finetune")
     elif arg == "fashion":
         c.data.update(name=f"idx:{FASHION_IDX}", crop=24, pool=2, n=48)
         c.model.update(patch=2, hidden=64, depth=3, heads=8)

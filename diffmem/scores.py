@@ -191,17 +191,29 @@ def _update_stats(st: EmpiricalStats, x: Array, t: Array, xc: Array, mc: Array) 
 @functools.partial(jax.jit, static_argnames=("chunk",))
 def empirical_stats(x: Array, t: Array, data: Array, mask: Optional[Array] = None,
                     chunk: int = 4096) -> EmpiricalStats:
-    """Streams the n training points in chunks of `chunk` (lax.scan). x (m, d), t (m,), data (n, d)."""
+    """Streams the n training points in chunks of `chunk`. x (m, d), t (m,), data (n, d).
+
+    The n // chunk full chunks are dynamic slices of `data` itself in a fori_loop, the n % chunk remaining points
+    one more (smaller) update: `data` is never padded or copied whole (a padded copy cost a pass over all n x d
+    floats per call).
+    """
     n, d = data.shape
     if mask is None:
         mask = jnp.ones((n,), x.dtype)
     mask = mask.astype(x.dtype)
     chunk = max(1, min(chunk, n))
-    pad = (-n) % chunk
-    data = jnp.pad(data, ((0, pad), (0, 0))).reshape(-1, chunk, d)
-    mask = jnp.pad(mask, (0, pad)).reshape(-1, chunk)
-    step = lambda st, c: (_update_stats(st, x, t, c[0], c[1]), None)
-    st, _ = jax.lax.scan(step, _init_stats(x), (data, mask))
+    full, rest = divmod(n, chunk)
+    st = _init_stats(x)
+    if full == 1:
+        st = _update_stats(st, x, t, data[:chunk], mask[:chunk])
+    elif full > 1:
+        def body(i, st):
+            lo = i * chunk
+            return _update_stats(st, x, t, jax.lax.dynamic_slice_in_dim(data, lo, chunk),
+                                 jax.lax.dynamic_slice_in_dim(mask, lo, chunk))
+        st = jax.lax.fori_loop(0, full, body, st)
+    if rest:
+        st = _update_stats(st, x, t, data[full * chunk:], mask[full * chunk:])
     return st
 
 

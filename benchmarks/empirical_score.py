@@ -60,8 +60,8 @@ def xla_matmuls(m: int, n: int, d: int, chunk: int):
 
     @jax.jit
     def run(x, xc):
-        def body(_, acc):
-            return acc + (x @ xc.T) @ xc
+        def body(i, acc):  # x + i: a different product each time (else XLA hoists it out of the loop)
+            return acc + ((x + i.astype(x.dtype)) @ xc.T) @ xc
         acc = jax.lax.fori_loop(0, full, body, jnp.zeros_like(x))
         if rest:
             acc = acc + (x @ xc[:rest].T) @ xc[:rest]

@@ -173,35 +173,63 @@ def _init_stats(x: Array) -> EmpiricalStats:
                           count=jnp.zeros((), x.dtype))
 
 
-def _update_stats(st: EmpiricalStats, x: Array, t: Array, xc: Array, mc: Array) -> EmpiricalStats:
-    """Folds one chunk of training points xc (c, d) with mask mc (c,) into the state."""
+def _query_factors(x: Array, t: Array) -> tuple[Array, Array]:
+    """(x scaled by alpha / sigma^2 (m, d), alpha^2 / (2 sigma^2) (m,)): logit_j = xs.x_j - c2 ||x_j||^2 + log mask_j."""
     a = sde.alpha(t)                                      # (m,)
     inv = 1.0 / (2.0 * sde.sigma2(t))                     # (m,)
-    logits = (2.0 * a[:, None] * (x @ xc.T) - (a * a)[:, None] * jnp.sum(xc * xc, -1)[None])
-    logits = logits * inv[:, None]                        # (m, c)
-    logits = jnp.where(mc[None] > 0, logits + jnp.log(jnp.where(mc > 0, mc, 1.0))[None], -jnp.inf)
+    return x * (2.0 * a * inv)[:, None], a * a * inv
+
+
+def _point_terms(xc: Array, mc: Array) -> tuple[Array, Array]:
+    """(||x_j||^2, log mask_j with -inf where mask_j = 0) of the points xc (c, d), mc (c,)."""
+    return jnp.sum(xc * xc, -1), jnp.where(mc > 0, jnp.log(jnp.where(mc > 0, mc, 1.0)), -jnp.inf)
+
+
+def _fold(st: EmpiricalStats, xs: Array, c2: Array, xc: Array, sq: Array, logm: Array) -> EmpiricalStats:
+    """Folds one chunk of points xc (c, d) (with ||x_j||^2 `sq` and log-mask `logm`, (c,)) into the state."""
+    logits = xs @ xc.T - c2[:, None] * sq[None] + logm[None]   # (m, c)
     new_max = jnp.maximum(st.max, jnp.max(logits, -1))    # (m,)
     scale = jnp.exp(st.max - new_max)                     # (m,)
     p = jnp.exp(logits - new_max[:, None])                # (m, c)
     return EmpiricalStats(max=new_max, sum=st.sum * scale + jnp.sum(p, -1),
                           mean=st.mean * scale[:, None] + p @ xc,
-                          count=st.count + jnp.sum(mc > 0))
+                          count=st.count + jnp.sum(logm > -jnp.inf))
+
+
+def _update_stats(st: EmpiricalStats, x: Array, t: Array, xc: Array, mc: Array) -> EmpiricalStats:
+    """Folds one chunk of training points xc (c, d) with mask mc (c,) into the state."""
+    return _fold(st, *_query_factors(x, t), xc, *_point_terms(xc, mc))
 
 
 @functools.partial(jax.jit, static_argnames=("chunk",))
 def empirical_stats(x: Array, t: Array, data: Array, mask: Optional[Array] = None,
                     chunk: int = 4096) -> EmpiricalStats:
-    """Streams the n training points in chunks of `chunk` (lax.scan). x (m, d), t (m,), data (n, d)."""
+    """Streams the n training points in chunks of `chunk`. x (m, d), t (m,), data (n, d).
+
+    The n // chunk full chunks are dynamic slices of `data` itself in a fori_loop, the n % chunk remaining points
+    one more (smaller) update: `data` is never padded or copied whole (a padded copy cost a pass over all n x d
+    floats per call). The query factors and the points' squared norms are computed once, outside the loop, so
+    each chunk costs its two matmuls and (m, c) elementwise work.
+    """
     n, d = data.shape
     if mask is None:
         mask = jnp.ones((n,), x.dtype)
     mask = mask.astype(x.dtype)
     chunk = max(1, min(chunk, n))
-    pad = (-n) % chunk
-    data = jnp.pad(data, ((0, pad), (0, 0))).reshape(-1, chunk, d)
-    mask = jnp.pad(mask, (0, pad)).reshape(-1, chunk)
-    step = lambda st, c: (_update_stats(st, x, t, c[0], c[1]), None)
-    st, _ = jax.lax.scan(step, _init_stats(x), (data, mask))
+    full, rest = divmod(n, chunk)
+    xs, c2 = _query_factors(x, t)                         # once, not per chunk
+    sq, logm = _point_terms(data, mask)                   # (n,) each: one pass over the data
+    st = _init_stats(x)
+    if full == 1:
+        st = _fold(st, xs, c2, data[:chunk], sq[:chunk], logm[:chunk])
+    elif full > 1:
+        def body(i, st):
+            sl = lambda a: jax.lax.dynamic_slice_in_dim(a, i * chunk, chunk)
+            return _fold(st, xs, c2, sl(data), sl(sq), sl(logm))
+        st = jax.lax.fori_loop(0, full, body, st)
+    if rest:
+        lo = full * chunk
+        st = _fold(st, xs, c2, data[lo:], sq[lo:], logm[lo:])
     return st
 
 

@@ -96,7 +96,7 @@ def test_empirical_chunked_equals_unchunked_and_dense_formula():
     x = jax.random.normal(jax.random.key(1), (9, 4))
     t = jnp.linspace(0.01, 1.0, 9)
     full = scores.empirical_score(x, t, data, chunk=257)
-    for chunk in (1, 16, 100, 1000):
+    for chunk in (1, 16, 100, 200, 1000):  # many chunks + a rest, one chunk + a rest, n <= chunk
         np.testing.assert_allclose(scores.empirical_score(x, t, data, chunk=chunk), full, rtol=1e-4, atol=1e-4)
     # dense reference: softmax over all points
     a, s2 = np.exp(-np.asarray(t) / 2)[:, None], (1 - np.exp(-np.asarray(t)))[:, None]

@@ -3,8 +3,8 @@
 A faithful port of facebookresearch/DiT `models.py` (parameter names follow the PyTorch module names, kernels
 are the transposed torch weights, so official checkpoints map one-to-one):
 
-  * patch embedding: Conv(kernel = stride = patch), initialised like a Linear (Xavier-uniform on the flattened
-    (C p p, hidden) kernel), zero bias;
+  * patch embedding: Conv(kernel = stride = patch; computed as patchify + matmul), initialised like a Linear
+    (Xavier-uniform on the flattened (C p p, hidden) kernel), zero bias;
   * FIXED 2-D sin-cos position embedding (MAE's `get_2d_sincos_pos_embed`), a trace-time constant: it is not a
     parameter, so neither the optimizer nor weight decay ever sees it;
   * timestep embedder: the DiT sinusoidal embedding (dim 256, [cos, sin], max period 1e4) of 1000 u, where u in
@@ -23,6 +23,12 @@ projection; the gradient w.r.t. `head_mask` at all-ones is the importance signal
 different head counts per block (`heads` a tuple): what `diffmem.pruning.remove_heads` returns.
 
 At init the model is the zero function and every block is the identity (adaLN-Zero).
+
+Speed on XLA:CPU (benchmarks/dit_vs_pytorch.py; same sums as the plain formulation, tests/test_dit_formulation.py):
+every residual-stream value passes through `cotangent_barrier` (without it XLA recomputes the residual gradient
+chain inside every consumer: O(depth^2) backward work); Dense layers multiply 2-D flattened inputs (`Dense`: the
+weight gradient then needs no transposed copy of the activation gradient); the patch embedding is a matmul
+(`PatchEmbed`), not a strided convolution.
 """
 from __future__ import annotations
 
@@ -118,6 +124,36 @@ def modulate(x: Array, shift: Array, scale: Array) -> Array:
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
+@jax.custom_vjp
+def cotangent_barrier(x: Array) -> Array:
+    """The identity; its backward pass makes XLA:CPU compute the incoming cotangent ONCE.
+
+    Every residual-stream value of the DiT goes through this. Without it, XLA:CPU's fusion pass treats the long
+    chain of cheap elementwise ops that accumulates the residual stream's cotangent (adds, LayerNorm-backward
+    multiplies) as free to duplicate and fuses the whole chain, from the output back to block l, into every
+    consumer at block l (transposes for the weight gradients, bias/gate reductions, ...): a training step of depth
+    L recomputed O(L^2) block backwards (measured: 5/6 of the backward of a depth-4 DiT at 16 tokens). The
+    backward here divides the cotangent by a runtime 1 that the compiler cannot fold, 1 + 0 * min(|g|, 1), which
+    is exact for every float (finite, +-inf, NaN; subnormals are flushed to zero, as by any XLA:CPU arithmetic)
+    and costs one elementwise pass; XLA does not duplicate divides
+    into several consumers, so the cotangent is materialised there. Only on CPU (jax.lax.platform_dependent); other
+    backends get the plain identity.
+    """
+    return x
+
+
+def _cotangent_barrier_fwd(x):
+    return x, None
+
+
+def _cotangent_barrier_bwd(_, g):
+    one = 1.0 + 0.0 * jnp.minimum(jnp.abs(g), 1.0)   # == 1 exactly; min(inf, 1) = 1, NaN stays NaN
+    return (jax.lax.platform_dependent(g, one, cpu=lambda g, o: g / o, default=lambda g, o: g),)
+
+
+cotangent_barrier.defvjp(_cotangent_barrier_fwd, _cotangent_barrier_bwd)
+
+
 def drop_labels(key: Array, y: Array, num_classes: int, p: float) -> Array:
     """DiT `token_drop` for classifier-free guidance: each label becomes the null index num_classes w.p. p."""
     if not 0.0 <= p <= 1.0:
@@ -145,6 +181,57 @@ class Bias(nn.Module):
         return jnp.broadcast_to(b.astype(dtype), shape_prefix + (self.features,))
 
 
+class Dense(nn.Module):
+    """`flax.linen.Dense` (same parameters 'kernel' (in, out) and 'bias', same initialisation) that multiplies the
+    inputs flattened to 2-D, (prod(leading dims), in) @ (in, out). Same sums; the gradient's weight product is then
+    the 2-D x^T g, which XLA:CPU runs straight from g, where the (b, n, in) form made it transpose g into a copy
+    first (one extra pass over every activation gradient of the network)."""
+    features: int
+    kernel_init: Any = _xavier
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:  # x (..., in) -> (..., features)
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+        bias = self.param("bias", _zeros, (self.features,))
+        x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+        y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel) + bias                     # (prod(lead), features)
+        return y.reshape(x.shape[:-1] + (self.features,))
+
+
+class PatchEmbed(nn.Module):
+    """DiT PatchEmbed, a Conv with kernel = stride = patch, computed as patchify + one matmul (the same sums; XLA:CPU
+    runs a matmul and its gradient much faster than a strided convolution). The kernel keeps the Conv's shape
+    (p, p, C, hidden) and initialisation, so the parameters are those of `nn.Conv`."""
+    patch: int
+    hidden: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:  # x (b, H, W, C) -> (b, (H/p) (W/p), hidden), tokens row-major
+        b, s, w, c = x.shape
+        p, gh, gw = self.patch, s // self.patch, w // self.patch
+        kernel = self.param("kernel", _patch_init, (p, p, c, self.hidden))
+        bias = self.param("bias", _zeros, (self.hidden,))
+        x = x.reshape(b, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p * p * c)
+        return jnp.dot(x.astype(self.dtype), kernel.reshape(p * p * c, self.hidden).astype(self.dtype)) + \
+            bias.astype(self.dtype)
+
+
+def gated_attention(qkv: Array, head_mask: Array, heads: int, head_dim: int) -> Array:
+    """Multi-head self-attention with a gate per head on its output: qkv (b, n, 3 H Dh) laid out (3, H, Dh) on the
+    last axis (timm), head_mask (H,) -> (b, n, H Dh), head h's output times head_mask[h]. Softmax in float32."""
+    b, n, _ = qkv.shape
+    dtype = qkv.dtype
+    qkv = qkv.reshape(b, n, 3, heads, head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]                     # (b, n, H, Dh)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim ** -0.5, k)        # (b, H, n, n)
+    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
+    o = jnp.einsum("bhqk,bkhd->bqhd", attn, v)                              # (b, n, H, Dh)
+    o = o * head_mask.astype(dtype)[None, None, :, None]                    # per-head output gate
+    return o.reshape(b, n, heads * head_dim)
+
+
 class Attention(nn.Module):
     """timm Attention (qkv bias, scale head_dim^-1/2) with a gate per head on its output before `proj`.
 
@@ -162,14 +249,9 @@ class Attention(nn.Module):
         if self.heads == 0:  # every head removed: the branch is the projection bias alone
             return Bias(self.hidden, name="proj")((b, n), self.dtype)
         inner = self.heads * self.head_dim
-        qkv = nn.Dense(3 * inner, kernel_init=_xavier, dtype=self.dtype, name="qkv")(x)
-        qkv = qkv.reshape(b, n, 3, self.heads, self.head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]                     # (b, n, H, Dh)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * self.head_dim ** -0.5, k)    # (b, H, n, n)
-        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        o = jnp.einsum("bhqk,bkhd->bqhd", attn, v)                              # (b, n, H, Dh)
-        o = o * head_mask.astype(o.dtype)[None, None, :, None]                  # per-head output gate
-        return nn.Dense(self.hidden, kernel_init=_xavier, dtype=self.dtype, name="proj")(o.reshape(b, n, inner))
+        qkv = Dense(3 * inner, kernel_init=_xavier, dtype=self.dtype, name="qkv")(x)   # (b, n, 3 H Dh)
+        o = gated_attention(qkv, head_mask, self.heads, self.head_dim)                         # (b, n, H Dh)
+        return Dense(self.hidden, kernel_init=_xavier, dtype=self.dtype, name="proj")(o)
 
 
 class Mlp(nn.Module):
@@ -180,9 +262,9 @@ class Mlp(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        x = nn.Dense(self.mlp_hidden, kernel_init=_xavier, dtype=self.dtype, name="fc1")(x)
+        x = Dense(self.mlp_hidden, kernel_init=_xavier, dtype=self.dtype, name="fc1")(x)
         x = nn.gelu(x, approximate=True)
-        return nn.Dense(self.hidden, kernel_init=_xavier, dtype=self.dtype, name="fc2")(x)
+        return Dense(self.hidden, kernel_init=_xavier, dtype=self.dtype, name="fc2")(x)
 
 
 def _layer_norm(dtype, name):
@@ -200,12 +282,13 @@ class DiTBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, c: Array, head_mask: Array) -> Array:  # x (b, n, d), c (b, d), mask (heads,)
-        mod = nn.Dense(6 * self.hidden, kernel_init=_zeros, dtype=self.dtype,
+        mod = Dense(6 * self.hidden, kernel_init=_zeros, dtype=self.dtype,
                        name="adaLN_modulation")(nn.silu(c))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
         h = modulate(_layer_norm(self.dtype, "norm1")(x), shift_msa, scale_msa)
         x = x + gate_msa[:, None] * Attention(self.hidden, self.heads, self.head_dim, self.dtype,
                                               name="attn")(h, head_mask)
+        x = cotangent_barrier(x)
         h = modulate(_layer_norm(self.dtype, "norm2")(x), shift_mlp, scale_mlp)
         x = x + gate_mlp[:, None] * Mlp(self.hidden, int(self.hidden * self.mlp_ratio), self.dtype,
                                         name="mlp")(h)
@@ -220,8 +303,8 @@ class TimestepEmbedder(nn.Module):
     @nn.compact
     def __call__(self, t: Array) -> Array:  # t (b,) DDPM step (float) -> (b, hidden)
         e = timestep_embedding(t).astype(self.dtype)                          # (b, 256)
-        e = nn.Dense(self.hidden, kernel_init=_normal02, dtype=self.dtype, name="mlp_0")(e)
-        return nn.Dense(self.hidden, kernel_init=_normal02, dtype=self.dtype, name="mlp_2")(nn.silu(e))
+        e = Dense(self.hidden, kernel_init=_normal02, dtype=self.dtype, name="mlp_0")(e)
+        return Dense(self.hidden, kernel_init=_normal02, dtype=self.dtype, name="mlp_2")(nn.silu(e))
 
 
 class FinalLayer(nn.Module):
@@ -232,10 +315,10 @@ class FinalLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, c: Array) -> Array:  # x (b, n, d), c (b, d) -> (b, n, out_features)
-        mod = nn.Dense(2 * self.hidden, kernel_init=_zeros, dtype=self.dtype, name="adaLN_modulation")(nn.silu(c))
+        mod = Dense(2 * self.hidden, kernel_init=_zeros, dtype=self.dtype, name="adaLN_modulation")(nn.silu(c))
         shift, scale = jnp.split(mod, 2, axis=-1)
         x = modulate(_layer_norm(self.dtype, "norm_final")(x), shift, scale)
-        return nn.Dense(self.out_features, kernel_init=_zeros, dtype=self.dtype, name="linear")(x)
+        return Dense(self.out_features, kernel_init=_zeros, dtype=self.dtype, name="linear")(x)
 
 
 class DiT(nn.Module):
@@ -354,9 +437,8 @@ class DiT(nn.Module):
 
         # patch embedding + fixed position embedding
         g = s // p
-        h = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", kernel_init=_patch_init, dtype=self.dtype,
-                    name="x_embedder")(x.astype(self.dtype))                  # (b, g, g, d)
-        h = h.reshape(b, g * g, d) + jnp.asarray(get_2d_sincos_pos_embed(d, g), self.dtype)[None]
+        h = PatchEmbed(p, d, self.dtype, name="x_embedder")(x)                 # (b, g g, d)
+        h = h + jnp.asarray(get_2d_sincos_pos_embed(d, g), self.dtype)[None]
 
         # conditioning c = t_emb (+ y_emb)
         c = TimestepEmbedder(d, self.dtype, name="t_embedder")(TIME_SCALE * u)  # (b, d)
@@ -365,11 +447,13 @@ class DiT(nn.Module):
                              name="y_embedder")(y)
 
         for l in range(self.depth):
+            h = cotangent_barrier(h)
             h = DiTBlock(d, counts[l], dh, self.mlp_ratio, self.dtype, name=f"blocks_{l}")(
                 h, c, head_mask[l, :counts[l]])
 
         # final layer + unpatchify
         oc = self.out_channels
+        h = cotangent_barrier(h)
         h = FinalLayer(d, p * p * oc, self.dtype, name="final_layer")(h, c)   # (b, n, p p oc)
         h = h.reshape(b, g, g, p, p, oc)
         h = jnp.einsum("nhwpqc->nhpwqc", h).reshape(b, s, s, oc)               # (b, H, W, oc)

@@ -293,18 +293,25 @@ def _group_sampler(model: dit_lib.DiT, shape: tuple[int, ...], method: str, deno
 
 
 def sample_group(model: dit_lib.DiT, params: PyTree, head_masks, keys: Array, cfg: SamplerConfig, u_min: float, *,
-                 progress: bool = False, devices: Optional[Sequence[jax.Device]] = None) -> np.ndarray:
-    """cfg.num_samples images of each of M models of one architecture at once: params stacked (M, ...), head_masks
-    (M, depth, max_heads), keys (M,) typed keys; sample i of model m uses fold_in(keys[m], i), exactly as
-    `sample(model, params[m], keys[m], ...)` would (up to float rounding of the batched computation).
-    Returns (M, num_samples, H, W, C). One compilation per (model, sampler settings, M)."""
-    grid = sampling_grid(u_min, cfg.steps)
-    shape = (model.image_size, model.image_size, model.channels)
+                 progress: bool = False, devices: Optional[Sequence[jax.Device]] = None,
+                 vmap: Optional[bool] = None) -> np.ndarray:
+    """cfg.num_samples images of each of M models of one architecture: params stacked (M, ...), head_masks
+    (M, depth, max_heads), keys (M,) typed keys; sample i of model m uses fold_in(keys[m], i), as
+    `sample(model, params[m], keys[m], ...)` does. vmap: the M models as ONE vmapped batch (default on accelerators)
+    or one after another through the same compiled sampler (default on the CPU, where it measured faster: 3.9 vs
+    5.3 ms per sample for the prune_dit cpu DiT). Returns (M, num_samples, H, W, C); one compilation either way."""
     head_masks = jnp.asarray(head_masks, jnp.float32)
     m = keys.shape[0]
     if head_masks.shape != (m, model.depth, model.max_heads):
         raise ValueError(f"head_masks must have shape (M, depth, max_heads) = {(m, model.depth, model.max_heads)}, "
                          f"got {head_masks.shape}")
+    if vmap is None:
+        vmap = jax.default_backend() != "cpu"
+    if not vmap:
+        return np.stack([sample(model, jax.tree.map(lambda a: a[i], params), keys[i], cfg, u_min,
+                                head_mask=head_masks[i], progress=progress, devices=devices) for i in range(m)])
+    grid = sampling_grid(u_min, cfg.steps)
+    shape = (model.image_size, model.image_size, model.channels)
     run = _group_sampler(model, shape, cfg.method, bool(cfg.denoise))
     out = sampling.generate(run, keys, cfg.num_samples, cfg.batch_size, args=(params, head_masks, grid),
                             devices=devices, progress=progress, desc=f"sampling {m} models ({cfg.method})")

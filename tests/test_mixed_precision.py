@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from diffmem import image_diffusion as idf
-from diffmem import train
+from diffmem import training as train
 
 SHAPE = (8, 8, 1)
 SIZES = dict(patch=2, hidden=32, depth=2, heads=2)

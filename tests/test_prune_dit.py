@@ -82,8 +82,8 @@ def test_smoke_outputs_plan_and_masks(smoke):
                 np.testing.assert_array_equal(mask, want_mask)
             assert r["loss_after_prune"] is not None and r["loss_unpruned"] is not None
     meta = res["exported"]["importance"]
-    assert meta["param_count"] == _run(res, "importance", eta)["param_count"]
-    assert sum(meta["model"]["heads"]) == heads - math.floor(eta * heads)
+    assert meta["num_params"] == _run(res, "importance", eta)["param_count"]
+    assert sum(meta["fields"]["heads"]) == heads - math.floor(eta * heads)
     # a base trained from scratch with weight decay 0 is the base of the same seed: the same numbers
     for b in range(B):
         wd0, orig = _run(res, "weight_decay_base", None, b), _run(res, "original", None, b)
@@ -375,3 +375,40 @@ def test_trajectory_final_is_the_sample_and_its_tweedie_estimate():
     assert tr["nn"].shape == (CFG.steps + 1, CFG.num_samples)
     assert tr["u_grid"][0] == pytest.approx(1.0) and tr["u_grid"][-1] == pytest.approx(U_MIN, rel=1e-3)
     assert np.all(tr["u_star"] == tr["u_grid"][tr["k_star"]])
+
+
+# ---------------------------------------------------------------- an imported DiT, pruned and exported
+
+def test_imported_dit_through_prune_dit_and_back_to_a_state_dict(tmp_path):
+    """A facebookresearch/DiT-format checkpoint (written without torch by torch_dit.export_dit from a random DiT)
+    imported by `python -m diffmem.convert`, pruned by prune_dit:smoke as its one base, its pruned export written
+    back as a .pt: read back into a DiT with every head (the pruned ones zero-padded) it gives the masked fine-tuned
+    model's outputs. (tests/test_checkpoints.py loads such exports into the PyTorch reference itself.)"""
+    import flax.serialization
+    from diffmem import checkpoints, convert, torch_dit
+    src = dit_lib.DiT(image_size=8, channels=1, patch=2, hidden=32, depth=2, heads=2)
+    torch_dit.export_dit(tmp_path / "src.pt", src, _params(3))
+    assert convert.main(["--checkpoint", str(tmp_path / "src.pt"), "--out", str(tmp_path / "model"),
+                         "--heads", "2"]) == 0
+    c = prune_cfg.get_config("smoke")
+    c.base_model = str(tmp_path / "model")
+    c.design.update(bases=1, repeats=1)
+    c.where.update(enabled=False)
+    res = experiments.run(c, str(tmp_path / "w"))
+    assert res["base"]["source"].startswith("model:") and res["model"]["heads"] == [2, 2]
+    eta = c.prune.paper_eta
+    exp_dir = tmp_path / "w" / "exported" / f"importance_eta{eta:g}"
+    assert convert.main(["--model", str(exp_dir), "--export_pt", str(tmp_path / "pruned.pt")]) == 0
+    sd, _ = checkpoints.state_dict_of(checkpoints.read_pt(tmp_path / "pruned.pt"))
+    back = torch_dit.state_dict_to_params(sd, src)                     # every head, pruned ones zero
+    run = _run(res, "importance", eta)
+    mask = np.asarray(run["mask"], np.float32)
+    piece = tmp_path / "w" / res["piece_dir"]
+    tuned = flax.serialization.from_bytes(_params(3), (piece / "params" / f"{run['run']}.msgpack").read_bytes())
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 8, 8, 1)), jnp.float32)
+    u = jnp.asarray([0.1, 0.5, 0.9], jnp.float32)
+    want = src.apply({"params": tuned}, x, u, head_mask=jnp.asarray(mask))
+    np.testing.assert_allclose(src.apply({"params": back}, x, u), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"config\.base_model.*takes images"):
+        c.data.pool = 2
+        experiments.run(c, str(tmp_path / "w2"))

@@ -69,8 +69,11 @@ def run(config, workdir: str) -> dict:
                          "orbax checkpoints of the base DiT, e.g. a train_dit run's <workdir>/n<n>, or '' to train "
                          "the bases here)")
     d, ref = pipeline.load_data(s)
-    model = idf.model_from_config(d.image_shape, s.model)
-    loaded = pipeline.load_base(s, model) if s.base_checkpoint else None   # before the feature network trains
+    if s.base_model:                                                        # before the feature network trains
+        model, loaded = pipeline.load_model(s, d.image_shape)
+    else:
+        model = idf.model_from_config(d.image_shape, s.model)
+        loaded = pipeline.load_base(s, model) if s.base_checkpoint else None
     valid = pruning.head_valid_mask(model)
     num_heads, num_params = int(valid.sum()), idf.num_params(model)
     counters = dict(base_steps_trained=0, runs_computed=0, runs_reused=0, finetune_steps=0, scores_computed=0,
@@ -78,7 +81,8 @@ def run(config, workdir: str) -> dict:
     timing: dict = {}
     runs = pipeline.plan_runs(s)
     logging.info("prune_dit: %s n=%d %s, DiT %s (%d params, %d heads, %d tokens), %d base(s) x %d repeat(s), "
-                 "%d runs, etas %s", d.name, d.n, d.image_shape, s.model.resolved(), num_params, num_heads,
+                 "%d runs, etas %s", d.name, d.n, d.image_shape, loaded["source"] if s.base_model else
+                 s.model.resolved(), num_params, num_heads,
                  (model.image_size // model.patch) ** 2, s.design.bases, s.design.repeats, len(runs),
                  list(s.prune.sweep_etas))
 
@@ -151,8 +155,10 @@ def run(config, workdir: str) -> dict:
         experiment="prune_dit", preset=s.preset, seed=s.seed,
         data=dict(name=d.name, n=d.n, seed=s.data.seed, image_shape=list(d.image_shape), crop=s.data.crop,
                   pool=s.data.pool),
-        model=dict(s.model.resolved(), num_params=num_params, num_heads=num_heads,
-                   tokens=(model.image_size // model.patch) ** 2),
+        model=dict(s.model.resolved() if not s.base_model else dict(
+                       source=loaded["source"], patch=model.patch, hidden=model.hidden, depth=model.depth,
+                       heads=list(model.head_counts), num_classes=model.num_classes, learn_sigma=model.learn_sigma),
+                   num_params=num_params, num_heads=num_heads, tokens=(model.image_size // model.patch) ** 2),
         diffusion=dict(u_min=s.diffusion.u_min, t0=t0, T=t1),
         base=dict(source=base["source"], steps=base["steps"], final_loss=base["final_loss"]),
         design=dataclasses.asdict(s.design), train=dataclasses.asdict(s.train),

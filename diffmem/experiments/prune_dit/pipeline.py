@@ -135,6 +135,24 @@ def _latest_step(workdir: str) -> int:
     return max(steps, default=0)
 
 
+def load_model(s: Settings, image_shape) -> tuple[DiT, dict]:
+    """The DiT and the one base of config.base_model (a saved model directory: diffmem.checkpoints.load_model), its
+    image shape checked against the data. A class-conditional model is used unconditionally (its null label) in
+    scoring, fine-tuning and sampling."""
+    from diffmem import checkpoints
+    try:
+        model, params = checkpoints.load_model(s.base_model, s.model.dtype)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"config.base_model={s.base_model!r}: {e}") from None
+    want = (model.image_size, model.image_size, model.channels)
+    if tuple(image_shape) != want:
+        raise ValueError(f"config.base_model={s.base_model!r} takes images {want}, but config.data gives "
+                         f"{tuple(image_shape)} (set data.crop / data.pool or another data set)")
+    return model, dict(params=jax.tree.map(lambda a: np.asarray(a)[None], params), steps_trained=0,
+                       final_loss=None, steps=int(checkpoints.model_info(s.base_model).get("steps", 0) or 0),
+                       source=f"model:{os.path.abspath(s.base_model)}")
+
+
 def load_base(s: Settings, model: DiT) -> dict:
     """The one base of config.base_checkpoint, stacked as a group of one; errors name the field."""
     try:
@@ -323,8 +341,12 @@ def finetune_group(ctx: Context, runs: list[Run], masks: np.ndarray, tag: str):
 
 
 def export(ctx: Context, run: Run, workdir: str) -> dict:
-    """The physically smaller model (pruning.export_pruned, output equality checked) of a kept run:
-    <workdir>/exported/<method>_eta<eta>/{model.json, params.msgpack}."""
+    """The physically smaller model (pruning.export_pruned, output equality checked) of a kept run, as a saved model
+    directory (diffmem.checkpoints.save_model: model.json + params.msgpack) in
+    <workdir>/exported/<method>_eta<eta>/; `python -m diffmem.convert --model DIR --export_pt X.pt` writes it as a
+    state dict for facebookresearch/DiT's models.py."""
+    from diffmem import checkpoints
+    from diffmem.models import dit as dit_lib
     out_dir = os.path.join(workdir, "exported", f"{run.method}_eta{run.eta:g}")
     meta_path = os.path.join(out_dir, "model.json")
     old = io.read_json(meta_path)
@@ -332,14 +354,7 @@ def export(ctx: Context, run: Run, workdir: str) -> dict:
         return old
     params = run_params(ctx, run)
     small, small_params = pruning.export_pruned(ctx.model, params, mask_of(ctx, run))
-    io.write_bytes(os.path.join(out_dir, "params.msgpack"), flax.serialization.to_bytes(small_params))
-    from diffmem.models import dit as dit_lib
-    meta = io.jsonable(dict(run=run.id, piece_dir=os.path.relpath(ctx.piece_dir, workdir),
-                            model=dict(image_size=small.image_size, channels=small.channels, patch=small.patch,
-                                       hidden=small.hidden, depth=small.depth, heads=list(small.heads),
-                                       head_dim=small.head_dim, mlp_ratio=small.mlp_ratio),
-                            param_count=dit_lib.count_params(small_params),
-                            param_count_unpruned=dit_lib.count_params(params),
-                            path=os.path.relpath(out_dir, workdir)))
-    io.write_json(meta_path, meta)
-    return meta
+    info = dict(run=run.id, piece_dir=os.path.relpath(ctx.piece_dir, workdir),
+                param_count_unpruned=dit_lib.count_params(params), path=os.path.relpath(out_dir, workdir))
+    checkpoints.save_model(out_dir, small, small_params, **info)
+    return io.jsonable(dict(info, fields=checkpoints.model_fields(small), num_params=dit_lib.count_params(small_params)))

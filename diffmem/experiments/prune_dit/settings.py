@@ -102,6 +102,8 @@ class Settings(Schema):
     seed: int = field(0, min=0)
     preset: str = field("")
     base_checkpoint: str = field("", help="'' = train the bases here; else one base loaded (design.bases = 1)")
+    base_model: str = field("", help="a saved model directory (python -m diffmem.convert, or an export) as the one "
+                                     "base; its own sizes replace config.model")
     methods: tuple[str, ...] = field(METHODS, choices=METHODS)
     sweep_methods: tuple[str, ...] = field(("importance", "random", "magnitude"), choices=PRUNE_METHODS)
     progress: bool = field(False)
@@ -136,11 +138,14 @@ class Settings(Schema):
             if pr[0] == pr[1] or not set(pr) <= known:
                 raise self.fail("where", f".swap_pairs[{i}] must be a pair of two different models among "
                                          f"{sorted(known)} (config.methods plus original / finetune_only), got {pr!r}")
-        if self.base_checkpoint and self.design.bases != 1:
-            raise self.fail("design", f".bases must be 1 with config.base_checkpoint (one loaded base), got "
+        if self.base_checkpoint and self.base_model:
+            raise self.fail("base_model", "and config.base_checkpoint are alternatives: set at most one")
+        loaded = "base_checkpoint" if self.base_checkpoint else "base_model" if self.base_model else None
+        if loaded and self.design.bases != 1:
+            raise self.fail("design", f".bases must be 1 with config.{loaded} (one loaded base), got "
                                       f"{self.design.bases}")
-        if self.base_checkpoint and self.weight_decay.base:
-            raise self.fail("weight_decay", ".base needs bases trained here (config.base_checkpoint is set)")
+        if loaded and self.weight_decay.base:
+            raise self.fail("weight_decay", f".base needs bases trained here (config.{loaded} is set)")
 
 
 def parse_config(config) -> Settings:

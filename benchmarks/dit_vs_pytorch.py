@@ -14,20 +14,29 @@ torch may lack: the worker gives the import a stand-in module when torchvision i
 config and mode the main process alternates `--reps` rounds of [PyTorch: `iters` steps] and [diffmem: `iters`
 steps], each side warmed up first, and reports the median over rounds of each side's mean time per step, their
 ratio (PyTorch / diffmem: > 1 means diffmem is faster) and the estimated GFLOP/s of each (analytic matmul FLOPs
-of the model, `dit_flops`; a training step counts 3 forward passes). Both sides use every core: torch's intra-op
-threads (torch.get_num_threads(), printed) and XLA:CPU's thread pool.
+of the model, `dit_flops`; a training step counts 3 forward passes). Both sides use every core the process may run
+on: torch's intra-op threads (torch.get_num_threads(), printed) and XLA:CPU's thread pool. The `*_cpu` columns are
+each process's CPU time per step (all threads) and their ratio: on a machine shared with other jobs, wall times
+(PyTorch's OpenMP threads especially) suffer from preemption, while CPU time still measures the work; pinned to one
+core (`taskset -c 0 python benchmarks/dit_vs_pytorch.py ...`: both sides then run one thread) it compares the
+kernels alone.
 
 What is timed (the same work on both sides):
   train    one optimizer step at batch b: draw b images of a resident random data set and u ~ U(u_min, 1),
            noise them (x_t = alpha x0 + sigma eps), eps-MSE loss, backward, global-norm clip 1.0, AdamW
-           (weight decay 0), parameter EMA. diffmem: the jitted, state-donating step of `diffmem.train.train`
-           (built by `train._build` from `image_diffusion.make_loss`, `train.make_optimizer` and
-           `train.make_train_step`; batches drawn on device, the step counter folded into the key), dispatched as
-           `train._loop` does. PyTorch: the reference DiT used unconditionally (num_classes=1, class dropout 0,
+           (weight decay 0), parameter EMA. diffmem: the jitted, state-donating step of `diffmem.training.train`
+           (built by `training.loop._build` from `image_diffusion.make_loss`, `training.make_optimizer` and
+           `training.make_train_step`; batches drawn on device, the step counter folded into the key), dispatched as
+           `training.host_loop` does. PyTorch: the reference DiT used unconditionally (num_classes=1, class dropout 0,
            learn_sigma False) in train mode, torch.optim.AdamW(foreach=True), clip_grad_norm_(foreach=True),
            EMA with torch._foreach_mul_/_foreach_add_ (the fastest eager forms).
   forward  one forward pass at batch b without gradients (diffmem: jitted `model.apply`; PyTorch: eval mode under
            torch.inference_mode()).
+  matmul   the training step's matrix products alone (`train_matmuls`: every linear layer's forward, input- and
+           weight-gradient product at batch x tokens rows, attention's per-head products), on resident random
+           operands, in one jitted program (diffmem side: XLA's matmul, YNNPACK / Eigen) and as torch.mm/bmm calls.
+           After a train row, `matmul share` = matmul time / train step time of each side: how close the step is
+           to its own library's matmul rate (the evidence for "bounded by XLA's matmul").
   sample   `--sample_steps` reverse-SDE (Euler-Maruyama) steps of a batch of `--sample_batch` images, one network
            evaluation per step, timed per network evaluation (diffmem: `image_diffusion`'s jitted batch sampler,
            fori_loop over the steps, per-sample noise keys, final Tweedie step; PyTorch: the same loop in eager
@@ -57,10 +66,30 @@ CONFIGS = {
     "32x32x3-p4": (32, 3, 4, 256, 6, 8, 64),
     "DiT-S/2": (32, 3, 2, 384, 12, 6, 32),
 }
-MODES = ("train", "forward", "sample")
+MODES = ("train", "forward", "sample", "matmul")
 U_MIN = 1e-3
 DATA_N = 256          # resident training images (random normal) on each side
 LR, EMA_DECAY, CLIP = 1e-4, 0.9999, 1.0
+
+
+def train_matmuls(image_size: int, channels: int, patch: int, hidden: int, depth: int, heads: int, batch: int,
+                  mlp_ratio: float = 4.0) -> list[tuple[int, int, int, int, str]]:
+    """The matrix products of one DiT training step, as (batch_count, M, K, N, form): every linear layer's forward
+    (x @ W, 'nn'), input gradient (g @ W^T, 'nt') and weight gradient (x^T @ g, 'tn') on batch x tokens rows, and
+    attention's q k^T / p v per (example, head) with their gradients. (The small per-example layers, adaLN and the
+    timestep MLP, are left out.)"""
+    n = (image_size // patch) ** 2
+    rows, d, f, dh = batch * n, hidden, int(hidden * mlp_ratio), hidden // heads
+    layers = [(d, 3 * d), (d, d), (d, f), (f, d)] * depth + [(channels * patch * patch, d), (d, patch * patch * channels)]
+    out = []
+    for k, m in layers:
+        out += [(1, rows, k, m, "nn"), (1, rows, m, k, "nt"), (1, k, rows, m, "tn")]
+    bh = batch * heads
+    for _ in range(depth):
+        out += [(bh, n, dh, n, "nt"), (bh, n, n, dh, "nn"),                          # q k^T, p v
+                (bh, n, dh, n, "nt"), (bh, n, n, dh, "tn"),                          # dp = dO v^T, dv = p^T dO
+                (bh, n, n, dh, "nn"), (bh, n, n, dh, "tn")]                          # dq = ds k, dk = ds^T q
+    return out
 
 
 def dit_flops(image_size: int, channels: int, patch: int, hidden: int, depth: int, heads: int,
@@ -156,6 +185,14 @@ class TorchSide:
         self.shape = (channels, image_size, image_size)
         # OU time of the DDPM linear schedule (diffmem.sde.ddpm_time): t(u) = N (b0 u + (b1 - b0) u^2 / 2)
         self.t_of_u = lambda uu: 1000 * (1e-4 * uu + (0.02 - 1e-4) * uu * uu / 2)
+        self.mm_ops = []
+        for bc, m, k, n, form in train_matmuls(image_size, channels, patch, hidden, depth, heads, batch):
+            a = torch.randn(bc, *((k, m) if form == "tn" else (m, k)))
+            b = torch.randn(bc, *((n, k) if form == "nt" else (k, n)))
+            tr = {"nn": lambda a, b: torch.bmm(a, b), "nt": lambda a, b: torch.bmm(a, b.transpose(1, 2)),
+                  "tn": lambda a, b: torch.bmm(a.transpose(1, 2), b)}[form]
+            self.mm_ops.append((tr, a, b) if bc > 1 else
+                               ((lambda f: lambda a, b: f(a[None], b[None]))(tr), a[0], b[0]))
 
     def train_step(self):
         torch = self.torch
@@ -175,6 +212,13 @@ class TorchSide:
             torch._foreach_mul_(self.ema, EMA_DECAY)
             torch._foreach_add_(self.ema, [p.detach() for p in self.model.parameters()], alpha=1 - EMA_DECAY)
         return float(loss.detach())  # a host sync, like block_until_ready on the diffmem side
+
+    def matmul(self):
+        """The step's matrix products alone (`train_matmuls`), on resident random operands."""
+        torch = self.torch
+        with torch.inference_mode():
+            for f, a, b in self.mm_ops:
+                f(a, b)
 
     def forward(self):
         torch = self.torch
@@ -223,17 +267,17 @@ def worker_main(reference: str) -> None:
             resp = {"ok": True}
         elif req["cmd"] == "time":
             fn = getattr(side, _METHOD[req["mode"]])
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(req["iters"]):
                 fn()
-            resp = {"ok": True, "seconds": time.perf_counter() - t0}
+            resp = {"ok": True, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
         else:
             resp = {"ok": False, "error": f"unknown cmd {req['cmd']!r}"}
         out.write(json.dumps(resp) + "\n")
         out.flush()
 
 
-_METHOD = {"train": "train_step", "forward": "forward", "sample": "sample"}
+_METHOD = {"train": "train_step", "forward": "forward", "sample": "sample", "matmul": "matmul"}
 
 
 class TorchWorker:
@@ -274,7 +318,8 @@ class JaxSide:
         import jax.numpy as jnp
         import numpy as np
         from diffmem import image_diffusion as idf
-        from diffmem import train
+        from diffmem import training as train
+        from diffmem.training import loop as train_loop
         self.jax = jax
         self.b = batch
         model = idf.build_model((image_size, image_size, channels), patch=patch, hidden=hidden, depth=depth,
@@ -288,7 +333,7 @@ class JaxSide:
         key = jax.random.key(1)
         opt_cfg = train.TrainConfig(steps=1, batch_size=batch, lr=LR, weight_decay=0.0, grad_clip=CLIP,
                                     ema_decay=EMA_DECAY, log_every=1, ckpt_every=1, keep_ckpts=1, seed=0)
-        init_fn, step_fn, replicated = train._build(
+        init_fn, step_fn, replicated = train_loop._build(
             idf.make_loss(model, U_MIN), idf.masked_batch, opt_cfg, tuple(train.DEFAULT_TIME_EDGES),
             tuple(jax.devices()), jax.random.key_impl(key))
         self.data = jax.device_put(data, replicated)
@@ -304,10 +349,22 @@ class JaxSide:
         self.grid = idf.sampling_grid(U_MIN, sample_steps)
         self.keys = jax.random.split(jax.random.key(2), sample_batch)
         self.mask = jnp.ones((model.depth, model.max_heads), jnp.float32)
+        shapes = train_matmuls(image_size, channels, patch, hidden, depth, heads, batch)
+        self.mm_args = [(jnp.asarray(rng.standard_normal((bc,) + ((k, m) if form == "tn" else (m, k))), jnp.float32),
+                         jnp.asarray(rng.standard_normal((bc,) + ((n, k) if form == "nt" else (k, n))), jnp.float32))
+                        for bc, m, k, n, form in shapes]
+        forms = [form for *_, form in shapes]
+        eq = {"nn": "bmk,bkn->bmn", "nt": "bmk,bnk->bmn", "tn": "bkm,bkn->bmn"}
+
+        @jax.jit
+        def matmuls(args):  # one program, like the step; 2-D products stay 2-D (as the model's Dense layers)
+            return [jnp.einsum(eq[f], a, b) if a.shape[0] > 1 else jnp.einsum(eq[f].replace("b", ""), a[0], b[0])
+                    for f, (a, b) in zip(forms, args)]
+        self.matmuls = matmuls
 
     def train_step(self, iters=1):
         metrics = None
-        for _ in range(iters):  # asynchronous dispatch like train._loop (it keeps <= 8 steps in flight)
+        for _ in range(iters):  # asynchronous dispatch like training.host_loop (it keeps <= 8 steps in flight)
             self.state, metrics = self.step_fn(self.state, data=self.data, key_data=self.key_data)
         self.jax.block_until_ready(metrics)
 
@@ -316,9 +373,13 @@ class JaxSide:
             out = self.apply(self.params, self.x, self.u)
             out.block_until_ready()
 
+    def matmul(self, iters=1):
+        for _ in range(iters):
+            self.jax.block_until_ready(self.matmuls(self.mm_args))
+
     def sample(self, iters=1):
         for _ in range(iters):
-            self.sampler(self.params, self.mask, self.keys, self.grid).block_until_ready()
+            self.sampler(self.keys, self.params, self.mask, self.grid).block_until_ready()
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -334,11 +395,12 @@ def run(args) -> list[dict]:
         worker = TorchWorker(args.torch_python, args.reference)
         print(f"PyTorch {worker.info['torch']} (worker: {args.torch_python}), intra-op threads "
               f"{worker.info['threads']}")
-    print(f"jax {jax.__version__} on {jax.devices()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print(f"jax {jax.__version__} on {jax.devices()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+          f"CPUs usable {len(os.sched_getaffinity(0))}, load average {os.getloadavg()}")
     modes = args.modes.split(",")
     rows = []
     hdr = (f"{'config':<14} {'mode':<8} {'batch':>5} {'torch_ms':>9} {'ours_ms':>9} {'torch/ours':>10} "
-           f"{'torch_GF/s':>10} {'ours_GF/s':>9}")
+           f"{'torch_GF/s':>10} {'ours_GF/s':>9} {'torch_cpu':>9} {'ours_cpu':>9} {'cpu_ratio':>9}")
     print(hdr)
     print("-" * len(hdr))
     try:
@@ -359,30 +421,48 @@ def run(args) -> list[dict]:
                 est = time.perf_counter() - t0
                 iters = _iters(mode, est, args.round_s)
                 units = {"train": batch, "forward": batch, "sample": args.sample_batch * (args.sample_steps + 1)}
-                flops = fwd_flops * units[mode] * (3 if mode == "train" else 1)
+                if mode == "matmul":
+                    flops = sum(2.0 * bc * m * k * n for bc, m, k, n, _ in train_matmuls(*cfg))
+                else:
+                    flops = fwd_flops * units[mode] * (3 if mode == "train" else 1)
                 per_unit = 1 if mode != "sample" else args.sample_steps + 1  # sample: per network evaluation
-                t_torch, t_ours = [], []
+                t_torch, t_ours, c_torch, c_ours = [], [], [], []
                 for _ in range(args.reps):
                     if worker:
-                        t_torch.append(worker.call(cmd="time", mode=mode, iters=iters)["seconds"] / iters)
-                    t0 = time.perf_counter()
+                        r = worker.call(cmd="time", mode=mode, iters=iters)
+                        t_torch.append(r["seconds"] / iters)
+                        c_torch.append(r["cpu_seconds"] / iters)
+                    t0, c0 = time.perf_counter(), time.process_time()
                     fn(iters)
                     t_ours.append((time.perf_counter() - t0) / iters)
+                    c_ours.append((time.process_time() - c0) / iters)
                 mo = statistics.median(t_ours)
                 mt = statistics.median(t_torch) if t_torch else float("nan")
+                co = statistics.median(c_ours)
+                ct = statistics.median(c_torch) if c_torch else float("nan")
                 b = batch if mode != "sample" else args.sample_batch
                 row = dict(config=name, mode=mode, batch=b, torch_ms=1e3 * mt / per_unit,
                            ours_ms=1e3 * mo / per_unit, ratio=mt / mo, torch_gflops=flops / mt / 1e9,
-                           ours_gflops=flops / mo / 1e9, reps=args.reps, iters=iters,
+                           ours_gflops=flops / mo / 1e9, torch_cpu_ms=1e3 * ct / per_unit,
+                           ours_cpu_ms=1e3 * co / per_unit, cpu_ratio=ct / co, reps=args.reps, iters=iters,
                            torch_all_ms=[1e3 * t / per_unit for t in t_torch],
                            ours_all_ms=[1e3 * t / per_unit for t in t_ours])
                 rows.append(row)
+                if mode == "matmul":  # the share of the training step that runs at each side's matmul rate
+                    tr = [r for r in rows if r["config"] == name and r["mode"] == "train"]
+                    if tr:
+                        row.update(ours_matmul_share=row["ours_ms"] / tr[0]["ours_ms"],
+                                   torch_matmul_share=row["torch_ms"] / tr[0]["torch_ms"])
                 print(f"{name:<14} {mode:<8} {b:>5} {row['torch_ms']:>9.2f} {row['ours_ms']:>9.2f} "
-                      f"{row['ratio']:>10.2f} {row['torch_gflops']:>10.1f} {row['ours_gflops']:>9.1f}", flush=True)
+                      f"{row['ratio']:>10.2f} {row['torch_gflops']:>10.1f} {row['ours_gflops']:>9.1f} "
+                      f"{row['torch_cpu_ms']:>9.2f} {row['ours_cpu_ms']:>9.2f} {row['cpu_ratio']:>9.2f}"
+                      + (f"   matmul share of the train step: torch {row['torch_matmul_share']:.2f}, ours "
+                         f"{row['ours_matmul_share']:.2f}" if "ours_matmul_share" in row else ""), flush=True)
             del ours
     finally:
         if worker:
             worker.close()
+    print(f"load average at the end {os.getloadavg()}")
     return rows
 
 

@@ -27,7 +27,10 @@ setuptools.setup(
     extras_require={
         # InceptionV3 features (diffmem/inception.py): Keras 3 on the JAX backend; the tests exercise it too.
         "inception": ["keras>=3.6,<4"],
-        "test": ["pytest>=8,<10", "keras>=3.6,<4"],
+        # TensorBoard tracking (diffmem/tracking.py, TrainConfig.tensorboard): the tensorboardX event writer.
+        "tensorboard": ["tensorboardX>=2.6,<3"],
+        # The tests also read the event files back with TensorBoard's own reader.
+        "test": ["pytest>=8,<10", "keras>=3.6,<4", "tensorboardX>=2.6,<3", "tensorboard>=2.16,<3"],
         "gpu": ["jax[cuda12]>=0.5.0,<0.13"],
         "tfds-prepare": ["tensorflow-cpu>=2.16,<3"],
     },

@@ -34,10 +34,11 @@ def diffusion(**kw) -> ml_collections.ConfigDict:
 
 
 def train(**kw) -> ml_collections.ConfigDict:
-    """diffmem.config.TrainConfig fields (the seed comes from config.seed): AdamW, warm-up, clipping, EMA."""
+    """diffmem.config.TrainConfig fields (the seed comes from config.seed): AdamW, warm-up, clipping, EMA;
+    tensorboard=True also writes TensorBoard scalars to <workdir>/tensorboard (diffmem.tracking)."""
     return _section(dict(steps=10_000, batch_size=32, lr=2e-3, warmup_steps=100, schedule="constant",
                          weight_decay=0.0, grad_clip=1.0, ema_decay=0.995, log_every=200, ckpt_every=2000,
-                         keep_ckpts=1), kw)
+                         keep_ckpts=1, tensorboard=False), kw)
 
 
 def sampler(**kw) -> ml_collections.ConfigDict:
@@ -67,7 +68,7 @@ def lab_train(**kw) -> ml_collections.ConfigDict:
     """TrainConfig fields of the lab's sweeps (weight decay is set per sweep cell where a figure sweeps it)."""
     return _section(dict(steps=3000, batch_size=256, lr=3e-3, warmup_steps=100, schedule="constant",
                          weight_decay=0.0, grad_clip=1.0, ema_decay=0.99, log_every=250, ckpt_every=1000,
-                         keep_ckpts=1), kw)
+                         keep_ckpts=1, tensorboard=False), kw)
 
 
 def lab_loss(**kw) -> ml_collections.ConfigDict:

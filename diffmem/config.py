@@ -276,7 +276,8 @@ class TrainConfig(Schema):
 
     lr(s) = lr * min(1, (s + 1) / warmup_steps) then constant or cosine decay to 0 at `steps`; AdamW with
     decoupled weight decay on kernels only (ndim >= 2); global-norm clipping (0 = off); parameter EMA (0 = off).
-    The last step is always logged and checkpointed; `seed` is the default key of `training.train`.
+    The last step is always logged and checkpointed; `seed` is the default key of `training.train`. `tensorboard`
+    also writes the metric records as TensorBoard scalars to <workdir>/tensorboard (diffmem.tracking).
     """
     steps: int = field(10_000, min=1)
     batch_size: int = field(128, min=1)
@@ -292,10 +293,24 @@ class TrainConfig(Schema):
     ckpt_every: int = field(1_000, min=1)
     keep_ckpts: int = field(2, min=1)
     seed: int = field(0, min=0)
+    tensorboard: bool = field(False, help="also write the metric records as TensorBoard scalars to "
+                                          "<workdir>/tensorboard (needs pip install -e '.[tensorboard]')")
+
+    def check(self):
+        from diffmem import tracking
+        if self.tensorboard and not tracking.available():
+            raise self.fail("tensorboard", f"is True but tensorboardX is not installed: {tracking.INSTALL_HINT}")
 
 
+# Train settings that change no number of a run: stamps and config hashes leave them out (`train_numbers`).
+TRACKING_TRAIN_FIELDS = ("tensorboard",)
 # Train settings that may change between runs of one workdir without invalidating its checkpoints.
-RESUMABLE_TRAIN_FIELDS = ("steps", "log_every", "ckpt_every", "keep_ckpts")
+RESUMABLE_TRAIN_FIELDS = ("steps", "log_every", "ckpt_every", "keep_ckpts") + TRACKING_TRAIN_FIELDS
+
+
+def train_numbers(cfg: TrainConfig) -> dict:
+    """The TrainConfig fields as a dict without the TRACKING_TRAIN_FIELDS (for stamps and config hashes)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in TRACKING_TRAIN_FIELDS}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ import pytest
 
 from configs import train_dit as config_module
 from diffmem import data as data_lib
-from diffmem import experiments, image_diffusion as idf, losses, sampling, sde, training
+from diffmem import experiments, image_diffusion as idf, losses, sampling, sde, tracking, training
 from diffmem.config import SamplerConfig
 from diffmem.experiments import train_dit
 
@@ -172,7 +172,9 @@ def test_sampler_config_errors():
 # ---------------------------------------------------------------- experiment
 
 def smoke_config():
-    return config_module.get_config("smoke")
+    config = config_module.get_config("smoke")
+    config.train.tensorboard = tracking.available()   # checked in test_smoke_end_to_end (the `test` extra has it)
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +230,21 @@ def test_smoke_end_to_end(smoke_run):
         # the copy baseline is a perfect memorizer (the smoke training sets hold no duplicate images)
         assert run["copy_baseline"]["memorization_ratio"] == 1.0
         assert len(training.read_metrics(nd)) == cfg.train.steps // cfg.train.log_every
+        if cfg.train.tensorboard:
+            _check_tensorboard(nd, cfg.train.steps)
+
+
+def _check_tensorboard(nd, steps):
+    """config.train.tensorboard: the loss of metrics.jsonl and the samples_vs_nn.png grid in <nd>/tensorboard."""
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = ea.EventAccumulator(tracking.logdir(nd), size_guidance={ea.SCALARS: 0, ea.IMAGES: 0})
+    acc.Reload()
+    records = training.read_metrics(nd)
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == \
+        [(r["step"], float(np.float32(r["loss"]))) for r in records]
+    png = matplotlib.image.imread(os.path.join(nd, "samples_vs_nn.png"))        # (H, W, 3 or 4)
+    (ev,) = acc.Images("samples_vs_nn")
+    assert (ev.step, ev.height, ev.width) == (steps, png.shape[0], png.shape[1])
 
 
 def test_resume_skips_finished_work(smoke_run, tmp_path):

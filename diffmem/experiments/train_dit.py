@@ -28,7 +28,7 @@ from absl import logging
 from diffmem import config as config_lib
 from diffmem import data as data_lib
 from diffmem import image_diffusion as idf
-from diffmem import io, losses, plots, rng, training
+from diffmem import io, losses, plots, rng, tracking, training
 from diffmem.config import (DiffusionConfig, DiTConfig, ImageDataConfig, ImageEvalConfig, SamplerConfig, Schema,
                             TrainConfig, field)
 from diffmem.eval import images as eval_images
@@ -146,8 +146,10 @@ def run_one(s: Settings, d: data_lib.ImageData, ref: eval_images.Reference, ref_
                    if ref.disjoint else None)
     if ev.grid_samples:
         g = min(ev.grid_samples, m)
-        plots.pair_grid(os.path.join(n_dir, "samples_vs_nn.png"), samples[:g], d.images[mem["nn_idx"][:g]],
-                        ncols=min(16, g), highlight=mem["memorized"][:g])
+        canvas = plots.pair_grid(os.path.join(n_dir, "samples_vs_nn.png"), samples[:g],
+                                 d.images[mem["nn_idx"][:g]], ncols=min(16, g), highlight=mem["memorized"][:g])
+        if s.train.tensorboard:  # the same grid beside the loss curves in <n_dir>/tensorboard
+            tracking.log_image(n_dir, "samples_vs_nn", canvas, step=s.train.steps)
     records = training.read_metrics(n_dir)
     floor = losses.empirical_eps_loss(d.images, s.diffusion.u_min, rng.stream(s.seed, "loss_floor"))
     plot_loss_curves(os.path.join(n_dir, "loss_curve.png"), {d.n: records}, {d.n: floor["loss"]})

@@ -3,9 +3,10 @@
 `host_loop(advance, state, ...)` owns what is the same for every training run: resume from the latest orbax
 checkpoint in <workdir>/checkpoints, the metric records (mean over a log window) in <workdir>/metrics.jsonl
 (written by process 0; records left beyond the resumed step by a killed run are dropped) and any other metric
-writers, the NaN/inf guard (checked at each log and checkpoint step, so a checkpoint is never written from a
-non-finite run), a tqdm bar for terminals and a log line with step, loss, steps/s and ETA at least every
-`LOG_SECONDS` for batch jobs, and per-step hooks. What a step is stays pluggable: `advance(state, num)` runs
+writers (with `tensorboard`: diffmem.tracking's TensorBoard scalars in <workdir>/tensorboard), the NaN/inf guard
+(checked at each log and checkpoint step, so a checkpoint is never written from a non-finite run), a tqdm bar
+for terminals and a log line with step, loss, steps/s and ETA at least every `LOG_SECONDS` for batch jobs, and
+per-step hooks. What a step is stays pluggable: `advance(state, num)` runs
 `num` steps and returns their metrics (per-step for a single model, chunk means for a vmapped sweep, see
 diffmem.training.sweep).
 
@@ -29,7 +30,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffmem import runtime
+from diffmem import runtime, tracking
 from diffmem.config import TrainConfig
 from diffmem.training import state as state_lib
 from diffmem.training.state import TrainState
@@ -101,16 +102,21 @@ def _check_finite(fetched: Sequence[dict], names: Sequence[str], checked: int, s
 def host_loop(advance: Advance, state, *, steps: int, log_every: int, ckpt_every: int, keep_ckpts: int,
               workdir: Optional[str], chunk: int = 1, hooks: Iterable[Hook] = (), progress: bool = True,
               desc: str = "train", writers: Sequence[MetricWriter] = (),
-              check: Sequence[str] = ("loss", "grad_norm")) -> tuple[Any, list[dict]]:
+              check: Sequence[str] = ("loss", "grad_norm"), tensorboard: bool = False) -> tuple[Any, list[dict]]:
     """Runs `advance` until state.step == steps, resuming from <workdir>/checkpoints (see the module docstring).
 
     state: the fresh state (its tree, shapes and shardings are the restore target); its `step` may be stacked
     (a sweep: every member at the same step). chunk: steps per `advance` call (the log and checkpoint cadence must
-    be multiples of it; the last call may be shorter). Returns (state, every metric record of the run).
+    be multiples of it; the last call may be shorter). writers: also receive every record; tensorboard: add a
+    `tracking.TensorBoardWriter` on <workdir>/tensorboard (ignored when workdir is None). Returns (state, every
+    metric record of the run).
     """
     if chunk > 1 and (log_every % chunk or ckpt_every % chunk):
         raise ValueError(f"log_every ({log_every}) and ckpt_every ({ckpt_every}) must be multiples of chunk ({chunk})")
     mngr = None
+    writers = list(writers)
+    if tensorboard and workdir is not None:
+        tracking.require("TrainConfig.tensorboard=True")
     if workdir is not None:
         import orbax.checkpoint as ocp  # deferred: heavy import, not needed for workdir=None
         runtime.quiet_orbax()
@@ -133,6 +139,8 @@ def host_loop(advance: Advance, state, *, steps: int, log_every: int, ckpt_every
         log = MetricsLog(os.path.join(workdir, "metrics.jsonl") if workdir else None, start)
         if start >= steps:
             return state, log.records
+        if tensorboard and workdir is not None:
+            writers += tracking.metric_writers(workdir, start)
         state = _run(advance, state, log, mngr, start, last_ckpt, steps=steps, log_every=log_every,
                      ckpt_every=ckpt_every, chunk=chunk, hooks=list(hooks), progress=progress, desc=desc,
                      writers=writers, check=check)
@@ -249,7 +257,7 @@ def train(loss_fn, params: PyTree, data: PyTree, cfg: TrainConfig, workdir: Opti
     # The compiled functions depend on cfg only through the optimizer fields and batch_size: runs that differ
     # in steps (constant schedule), logging or checkpointing share them (no re-trace when resuming).
     opt_cfg = dataclasses.replace(cfg, steps=cfg.steps if cfg.schedule == "cosine" else 1, log_every=1,
-                                  ckpt_every=1, keep_ckpts=1, seed=0)
+                                  ckpt_every=1, keep_ckpts=1, seed=0, tensorboard=False)
     build_args = (loss_fn, state_lib.uniform_batch if sample_batch is None else sample_batch, opt_cfg,
                   state_lib.check_time_edges(time_edges), devices, jax.random.key_impl(key))
     try:
@@ -264,7 +272,7 @@ def train(loss_fn, params: PyTree, data: PyTree, cfg: TrainConfig, workdir: Opti
     step = functools.partial(step_fn, data=data, key_data=key_data)
     state, _ = host_loop(lambda st, num: step(st), state, steps=cfg.steps, log_every=cfg.log_every,
                          ckpt_every=cfg.ckpt_every, keep_ckpts=cfg.keep_ckpts, workdir=workdir, hooks=hooks,
-                         progress=progress, desc=desc, writers=writers)
+                         progress=progress, desc=desc, writers=writers, tensorboard=cfg.tensorboard)
     return state
 
 

@@ -10,7 +10,7 @@ Sweep members that share an architecture but differ in training-set size n, seed
     with replacement), loss noise from fold_in(k, 1), as `loop.train`.
 
 `train_sweep` hands the chunked runner to `loop.host_loop` (checkpoints of the stacked state, metrics with one value
-per member, resume, NaN guard, progress).
+per member, resume, NaN guard, progress; with cfg.tensorboard TensorBoard scalars per member, diffmem.tracking).
 """
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def train_sweep(loss_fn, params: PyTree, data, mask, weight_decays, keys: Array,
 
     return loop.host_loop(advance, init_states(params, cfg), steps=cfg.steps, log_every=chunk,
                           ckpt_every=ckpt_every, keep_ckpts=cfg.keep_ckpts, workdir=workdir, chunk=chunk,
-                          progress=progress, desc=desc, check=("loss",))
+                          progress=progress, desc=desc, check=("loss",), tensorboard=cfg.tensorboard)
 
 
 def train_members(loss_fn, params: PyTree, data, keys: Array, cfg: TrainConfig, *, weight_decays=None,
@@ -207,4 +207,4 @@ def train_members(loss_fn, params: PyTree, data, keys: Array, cfg: TrainConfig, 
 
     return loop.host_loop(advance, init_states(params, cfg), steps=cfg.steps, log_every=chunk,
                           ckpt_every=ckpt_every, keep_ckpts=cfg.keep_ckpts, workdir=workdir, chunk=chunk,
-                          progress=progress, desc=desc, check=("loss",))
+                          progress=progress, desc=desc, check=("loss",), tensorboard=cfg.tensorboard)

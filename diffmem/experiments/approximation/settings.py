@@ -112,7 +112,7 @@ class Settings(Schema):
         """Hash of every setting that changes a cell's numbers (not the sweep lists: dims, ns, widths, seeds, eps)."""
         data = {k: v for k, v in dataclasses.asdict(self.data).items() if k not in ("ns", "dims")}
         return io.hash_json({"seed": self.seed, "data": data, "model": dataclasses.asdict(self.model),
-                             "train": dataclasses.asdict(self.train),
+                             "train": config_lib.train_numbers(self.train),
                              "regression": dataclasses.asdict(self.regression)}, 10)
 
 

@@ -184,7 +184,7 @@ class Settings(Schema):
     def cell_hash(self) -> str:
         """Hash of every setting that changes a cell's numbers (not the sweep lists)."""
         return io.hash_json({"seed": self.seed, "mean_std": self.mixture.mean_std,
-                             "model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train),
+                             "model": dataclasses.asdict(self.model), "train": config_lib.train_numbers(self.train),
                              "loss": dataclasses.asdict(self.loss), "sampler": dataclasses.asdict(self.sampler)}, 10)
 
 

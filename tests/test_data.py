@@ -281,7 +281,7 @@ def test_tfds_not_prepared_fails_fast(tmp_path, monkeypatch):
         data.load_images("tfds:cifar10", n=10, data_dir=str(tmp_path))
     assert time.perf_counter() - start < 5.0
     msg = str(err.value)
-    for needle in ["not prepared", str(tmp_path), "pip install 'diffmem[tfds-prepare]'",
+    for needle in ["not prepared", str(tmp_path), "pip install -e '.[tfds-prepare]'",
                    "tfds.builder('cifar10'", "download_and_prepare()", "file_format='array_record'",
                    "manual_dir", "TFDS_DATA_DIR"]:
         assert needle in msg, needle

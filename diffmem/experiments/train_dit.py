@@ -147,7 +147,7 @@ def run_one(s: Settings, d: data_lib.ImageData, ref: eval_images.Reference, ref_
     if ev.grid_samples:
         g = min(ev.grid_samples, m)
         plots.pair_grid(os.path.join(n_dir, "samples_vs_nn.png"), samples[:g], d.images[mem["nn_idx"][:g]],
-                        ncols=min(16, g), highlight=mem["memorized"][:g])
+                        ncols=min(16, g), highlight=mem["memorized"][:g], sample_label=f"DiT sample (n={d.n})")
     records = training.read_metrics(n_dir)
     floor = losses.empirical_eps_loss(d.images, s.diffusion.u_min, rng.stream(s.seed, "loss_floor"))
     plot_loss_curves(os.path.join(n_dir, "loss_curve.png"), {d.n: records}, {d.n: floor["loss"]})
@@ -178,6 +178,7 @@ def plot_loss_curves(path: str, curves: dict[int, list[dict]], optimum: Optional
             ax.axhline(optimum[n], color=f"C{i}", ls="--", lw=1)
     ax.set(xlabel="step", ylabel="eps loss (per pixel)", yscale="log",
            title="training loss (dashed: empirical-score loss)")
+    plots.integer_ticks(ax, "x")
     ax.legend()
     plots.save_figure(fig, path)
 
@@ -195,6 +196,7 @@ def plot_memorization(path: str, runs: list[dict]) -> None:
         ax.plot(ns, held, "s--", color="gray", label="held-out real images")
     ax.set(xscale="log", xlabel="training images n", ylabel="memorization ratio", ylim=(-0.02, 1.02),
            title="memorization vs n")
+    plots.integer_ticks(ax, "x", ns)
     ax.legend()
     plots.save_figure(fig, path)
 

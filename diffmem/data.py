@@ -376,7 +376,7 @@ def _not_prepared_message(ds_name: str, data_dir) -> str:
     return (
         f"TFDS dataset {ds_name!r} is not prepared under data_dir={where!r} (diffmem never downloads). "
         f"Prepare it once, on a machine with internet (or with the files in a manual_dir):\n"
-        f"  pip install 'diffmem[tfds-prepare]'\n"
+        f"  pip install -e '.[tfds-prepare]'   (from the diffmem checkout; diffmem is not on PyPI)\n"
         f"  python -c \"import tensorflow_datasets as tfds; tfds.builder('{base}', data_dir='{where}', "
         f"file_format='array_record').download_and_prepare()\"\n"
         f"(file_format='array_record' is required: tfds.data_source needs random access; for a manual download "

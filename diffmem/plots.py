@@ -101,14 +101,57 @@ def _check_highlight(highlight, m: int) -> list[bool]:
     return highlight.tolist()
 
 
+def integer_ticks(ax, axis: str = "x", values=None) -> None:
+    """Integer-valued axis (n, width, depth, steps, counts): ticks only at integers. On a log axis, or when
+    `values` (the integers plotted) are given, ticks go exactly at those values, labelled plainly."""
+    from matplotlib import ticker
+    a = ax.xaxis if axis == "x" else ax.yaxis
+    if values is not None:
+        values = sorted({int(v) for v in values})
+        a.set_major_locator(ticker.FixedLocator(values))
+        a.set_major_formatter(ticker.FixedFormatter([str(v) for v in values]))
+        a.set_minor_locator(ticker.NullLocator())
+    else:
+        a.set_major_locator(ticker.MaxNLocator(integer=True))
+
+
+def _row_label_strip(canvas: np.ndarray, rows: list[tuple[int, int, str]], fontsize: float = 8.0) -> np.ndarray:
+    """canvas (H, W, 3) with a white strip on its left holding each row's label, right-aligned and vertically
+    centred on pixel rows [y0, y1). Rendered with matplotlib at one pixel per canvas pixel; returns (H, W', 3)."""
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    h, w = canvas.shape[:2]
+    px_per_char = 0.62 * fontsize * 100 / 72
+    lines = [ln for _, _, t in rows for ln in t.split("\n")]
+    margin = int(max(len(ln) for ln in lines) * px_per_char) + 10
+    fig = Figure(figsize=((w + margin) / 100, h / 100), dpi=100, facecolor="white")
+    agg = FigureCanvasAgg(fig)
+    fig.figimage(canvas, xo=margin, yo=0, origin="upper")
+    for y0, y1, text in rows:
+        fig.text((margin - 5) / (w + margin), 1 - 0.5 * (y0 + y1) / h, text, ha="right", va="center",
+                 fontsize=fontsize, linespacing=1.1)
+    agg.draw()
+    return np.asarray(agg.buffer_rgba())[..., :3].astype(np.float32) / 255.0
+
+
+def pair_row_labels(k: int, sample_label: str = "generated sample", highlight: bool = False) -> list[str]:
+    """Labels of a pair grid's k + 1 rows: the samples, then their nearest, 2nd nearest, ... training images."""
+    ordinal = lambda j: {1: "", 2: "2nd ", 3: "3rd "}.get(j, f"{j}th ")  # noqa: E731
+    first = sample_label + ("\n(red: memorized)" if highlight else "")
+    return [first] + [f"{ordinal(j)}nearest\ntraining image" for j in range(1, k + 1)]
+
+
 def pair_grid(path: str | os.PathLike, samples: np.ndarray | Array, neighbours: np.ndarray | Array,
               ncols: int = 8, scale: int | None = None, pad: int = 2,
-              highlight: np.ndarray | None = None) -> np.ndarray:
+              highlight: np.ndarray | None = None, row_labels: list[str] | bool = True,
+              sample_label: str = "generated sample") -> np.ndarray:
     """Writes each generated sample above its nearest training image(s) as a PNG.
 
     samples (m, H, W, C); neighbours (m, H, W, C) or (m, k, H, W, C) (k nearest, nearest first). Sample i
     and its neighbours form column i mod ncols of row block i // ncols: with k = 1 every block is two rows
     (samples, then their nearest training images). highlight (m,) bool frames samples in red (e.g. memorized).
+    row_labels: True (default) labels the rows on the left: `sample_label` (e.g. the model or method), then
+    "nearest training image", ...; a list of k + 1 strings gives them; False leaves the bare grid.
     Returns the canvas written.
     """
     _check_ncols(ncols)
@@ -137,5 +180,14 @@ def pair_grid(path: str | os.PathLike, samples: np.ndarray | Array, neighbours: 
                     cells.append(s_rgb[i] if row == 0 else n_rgb[i, row - 1])
                     frames.append(frames_s[i] if row == 0 else False)
     canvas = _tile(cells, ncols, int(pad), frames)
+    if row_labels is not False:
+        labels = (pair_row_labels(k, sample_label, highlight is not None and bool(np.any(highlight)))
+                  if row_labels is True else list(row_labels))
+        if len(labels) != k + 1:
+            raise ValueError(f"row_labels must have k + 1 = {k + 1} entries, got {len(labels)}")
+        h, p = s_rgb.shape[1], int(pad)
+        spans = [(p + (b * (k + 1) + r) * (h + p), p + (b * (k + 1) + r) * (h + p) + h, labels[r])
+                 for b in range(-(-m // ncols)) for r in range(k + 1)]
+        canvas = _row_label_strip(canvas, spans)
     _save_png(path, canvas)
     return canvas

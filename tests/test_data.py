@@ -281,7 +281,7 @@ def test_tfds_not_prepared_fails_fast(tmp_path, monkeypatch):
         data.load_images("tfds:cifar10", n=10, data_dir=str(tmp_path))
     assert time.perf_counter() - start < 5.0
     msg = str(err.value)
-    for needle in ["not prepared", str(tmp_path), "pip install 'diffmem[tfds-prepare]'",
+    for needle in ["not prepared", str(tmp_path), "pip install -e '.[tfds-prepare]'",
                    "tfds.builder('cifar10'", "download_and_prepare()", "file_format='array_record'",
                    "manual_dir", "TFDS_DATA_DIR"]:
         assert needle in msg, needle
@@ -358,7 +358,7 @@ def test_pair_grid(tmp_path):
     samples = np.stack([np.full((2, 2, 3), v) for v in (-1.0, 0.0, 1.0)])  # (3, 2, 2, 3)
     neighbours = -samples
     path = tmp_path / "pairs.png"
-    plots.pair_grid(path, samples, neighbours, ncols=2, scale=1, pad=1)
+    plots.pair_grid(path, samples, neighbours, ncols=2, scale=1, pad=1, row_labels=False)
     png = matplotlib.image.imread(path)[..., :3]
     # 2 blocks of (sample row, neighbour row), 2 columns: 4 rows of 2-pixel cells.
     assert png.shape == (4 * 3 + 1, 2 * 3 + 1, 3)
@@ -369,6 +369,28 @@ def test_pair_grid(tmp_path):
     np.testing.assert_allclose(cell(2, 0), 1.0)  # sample 2 (second block)
     np.testing.assert_allclose(cell(3, 0), 0.0)  # its neighbour
     k2 = np.stack([neighbours, samples], axis=1)  # (3, 2, 2, 2, 3): two neighbours each
-    assert plots.pair_grid(path, samples, k2, ncols=3, scale=1, pad=1).shape == (3 * 3 + 1, 3 * 3 + 1, 3)
+    assert plots.pair_grid(path, samples, k2, ncols=3, scale=1, pad=1, row_labels=False).shape == (
+        3 * 3 + 1, 3 * 3 + 1, 3)
     with pytest.raises(ValueError, match="neighbours"):
         plots.pair_grid(path, samples, neighbours[:2], ncols=2)
+
+
+def test_pair_grid_row_labels(tmp_path):
+    """By default the rows are labelled on a strip left of the unchanged grid."""
+    samples = np.stack([np.full((4, 4, 1), v) for v in (-1.0, 0.0, 1.0)])
+    mem = np.array([True, False, False])
+    bare = plots.pair_grid(tmp_path / "bare.png", samples, -samples, ncols=3, scale=8, highlight=mem,
+                           row_labels=False)
+    labelled = plots.pair_grid(tmp_path / "lab.png", samples, -samples, ncols=3, scale=8, highlight=mem,
+                               sample_label="importance, eta 0.2")
+    png = matplotlib.image.imread(tmp_path / "lab.png")[..., :3]
+    np.testing.assert_allclose(png, labelled, atol=1 / 255)
+    strip = labelled.shape[1] - bare.shape[1]
+    assert labelled.shape[0] == bare.shape[0] and strip > 50
+    np.testing.assert_allclose(labelled[:, strip:], bare, atol=1 / 255)  # the grid itself is unchanged
+    h = bare.shape[0] // 2  # two rows: samples, nearest training images; text in each half of the strip
+    assert (labelled[:h, :strip] < 0.5).any() and (labelled[h:, :strip] < 0.5).any()
+    assert plots.pair_row_labels(2, "DiT", highlight=True) == [
+        "DiT\n(red: memorized)", "nearest\ntraining image", "2nd nearest\ntraining image"]
+    with pytest.raises(ValueError, match="row_labels"):
+        plots.pair_grid(tmp_path / "x.png", samples, -samples, row_labels=["only one"])

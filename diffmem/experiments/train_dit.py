@@ -147,7 +147,8 @@ def run_one(s: Settings, d: data_lib.ImageData, ref: eval_images.Reference, ref_
     if ev.grid_samples:
         g = min(ev.grid_samples, m)
         canvas = plots.pair_grid(os.path.join(n_dir, "samples_vs_nn.png"), samples[:g],
-                                 d.images[mem["nn_idx"][:g]], ncols=min(16, g), highlight=mem["memorized"][:g])
+                                 d.images[mem["nn_idx"][:g]], ncols=min(16, g), highlight=mem["memorized"][:g],
+                                 sample_label=f"DiT sample (n={d.n})")
         if s.train.tensorboard:  # the same grid beside the loss curves in <n_dir>/tensorboard
             tracking.log_image(n_dir, "samples_vs_nn", canvas, step=s.train.steps)
     records = training.read_metrics(n_dir)
@@ -180,6 +181,7 @@ def plot_loss_curves(path: str, curves: dict[int, list[dict]], optimum: Optional
             ax.axhline(optimum[n], color=f"C{i}", ls="--", lw=1)
     ax.set(xlabel="step", ylabel="eps loss (per pixel)", yscale="log",
            title="training loss (dashed: empirical-score loss)")
+    plots.integer_ticks(ax, "x")
     ax.legend()
     plots.save_figure(fig, path)
 
@@ -197,6 +199,7 @@ def plot_memorization(path: str, runs: list[dict]) -> None:
         ax.plot(ns, held, "s--", color="gray", label="held-out real images")
     ax.set(xscale="log", xlabel="training images n", ylabel="memorization ratio", ylim=(-0.02, 1.02),
            title="memorization vs n")
+    plots.integer_ticks(ax, "x", ns)
     ax.legend()
     plots.save_figure(fig, path)
 

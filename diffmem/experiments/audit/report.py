@@ -52,7 +52,7 @@ def memorized_grid(path, samples: np.ndarray, train_images: np.ndarray, mem: dic
         return None
     idx = most_memorized(mem["dist_ratio"], min(top, len(samples)))
     plots.pair_grid(path, samples[idx], train_images[mem["nn_idx"][idx]], ncols=min(16, len(idx)),
-                    highlight=mem["memorized"][idx])
+                    highlight=mem["memorized"][idx], sample_label="most memorized\nsamples")
     return [int(i) for i in idx]
 
 

@@ -33,7 +33,7 @@ import jax
 from absl import logging
 
 from diffmem import image_diffusion as idf
-from diffmem import io, pruning
+from diffmem import config as config_lib, io, pruning
 from diffmem.eval import images as eval_images
 from diffmem.experiments.prune_dit import claims as claims_lib
 from diffmem.experiments.prune_dit import pipeline, report, where
@@ -48,10 +48,10 @@ def _piece_stamp(s: Settings, base: dict, d, ref, extractor) -> dict:
                           u_min=s.diffusion.u_min, bases=s.design.bases, weight_decay_base=s.weight_decay.base,
                           base_value=s.weight_decay.base_value,
                           train={k: v for k, v in dataclasses.asdict(s.train).items()
-                                 if k not in ("log_every", "ckpt_every", "keep_ckpts")},
+                                 if k not in ("log_every", "ckpt_every", "keep_ckpts", *config_lib.TRACKING_TRAIN_FIELDS)},
                           params_sha1=io.sha1_arrays(*jax.tree.leaves(base["params"]))),
                 finetune={k: v for k, v in dataclasses.asdict(s.finetune).items()
-                          if k not in ("log_every", "ckpt_every", "keep_ckpts")},
+                          if k not in ("log_every", "ckpt_every", "keep_ckpts", *config_lib.TRACKING_TRAIN_FIELDS)},
                 wd_finetune=s.weight_decay.finetune_value, group_size=s.design.group_size,
                 sampler=dataclasses.asdict(s.sampler), eval=dataclasses.asdict(s.eval),
                 score=dict(batches=s.prune.score_batches, batch_size=s.prune.score_batch_size,

@@ -80,6 +80,12 @@ def _err(c: dict, scale: float = 1.0) -> tuple[float, float, float]:
     return c["estimate"] * scale, (c["estimate"] - c["ci_low"]) * scale, (c["ci_high"] - c["estimate"]) * scale
 
 
+def features_label(features: str) -> str:
+    """The feature extractor's name (results.json reference.features, before any ':') as an axis label says it."""
+    return {"classifier": "CNN-classifier (trained here, not Inception)", "pixels": "pixel",
+            "inception_v3": "InceptionV3 pool"}.get(features, features)
+
+
 def plot_frontier(path: str, s: Settings, summ: dict, features: str) -> None:
     """Memorization (x) against FD (y) for each pruning method over the eta sweep (error bars: the intervals over
     bases and repeats), with the original, fine-tune only and weight-decay models as points."""
@@ -102,7 +108,7 @@ def plot_frontier(path: str, s: Settings, summ: dict, features: str) -> None:
             x, y = _err(c["memorization_ratio"], 100.0), _err(c["fd"])
             ax.errorbar([x[0]], [y[0]], xerr=[[x[1]], [x[2]]], yerr=[[y[1]], [y[2]]], marker="s*^v"[j], ms=8,
                         color="k" if j == 0 else f"C{6 + j}", ls="none", capsize=2, label=m)
-    ax.set(xlabel="memorization % (lower is better)", ylabel=f"FD on {features} features (lower is better)",
+    ax.set(xlabel="memorization % (lower is better)", ylabel=f"FD on {features_label(features)} features\n(lower is better)",
            title=f"memorization-quality frontier over eta (labels: eta; {100 * s.claims.level:g}% intervals)")
     ax.legend(fontsize=7)
     plots.save_figure(fig, path)
@@ -111,9 +117,9 @@ def plot_frontier(path: str, s: Settings, summ: dict, features: str) -> None:
 def plot_vs_eta(path: str, s: Settings, summ: dict, features: str) -> None:
     """Memorization %, FD and the loss increase right after pruning against eta, one line per pruning method."""
     plt = plots.pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), layout="constrained")
     for ax, key, scale, ylabel in ((axes[0], "memorization_ratio", 100.0, "memorization %"),
-                                   (axes[1], "fd", 1.0, f"FD ({features} features)"),
+                                   (axes[1], "fd", 1.0, f"FD ({features_label(features)} features)"),
                                    (axes[2], "loss_increase_after_prune", 1.0, "loss increase right after pruning")):
         for i, m in enumerate(m for m in PRUNE_METHODS if m in summ):
             pts = sorted((float(e), c[key]) for e, c in summ[m].items() if e != "-" and key in c)
@@ -136,7 +142,7 @@ def plot_heatmaps(path: str, s: Settings, scores: dict, masks: dict) -> None:
     repeat 0; an x marks the heads each method prunes at the paper eta."""
     plt = plots.pyplot()
     names = [n for n in list(SCORE_LAWS) + ["magnitude"] if n in scores]
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.8), squeeze=False, layout="constrained")
     for ax, n in zip(axes[0], names):
         im = ax.imshow(np.asarray(scores[n], np.float64), aspect="auto", cmap="viridis")
         mask = masks.get(n)
@@ -155,7 +161,7 @@ def plot_where(path: str, where: dict) -> None:
     """Left: along base 0's reverse path, the fraction of samples whose Tweedie estimate already has its final
     nearest training image (and keeps it), against u. Right: the swap test's memorization against tau, per base."""
     plt = plots.pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     tr = where.get("trajectory")
     if tr:
         ax = axes[0]
@@ -198,4 +204,5 @@ def grids(ctx: Context, workdir: str) -> None:
         f = io.load_npz(p)
         smp, nn, mem = f["samples"], f["nn_idx"][:, 0], f["memorized"]
         plots.pair_grid(os.path.join(workdir, f"samples_{m}.png"), smp, ctx.images[nn], ncols=min(16, len(smp)),
-                        highlight=np.asarray(mem, bool))
+                        highlight=np.asarray(mem, bool),
+                        sample_label=m.replace("_", " ") + ("" if eta is None else f", eta {eta:g}"))

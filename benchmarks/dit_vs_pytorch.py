@@ -60,7 +60,7 @@ import time
 CONFIGS = {
     # name: (image_size, channels, patch, hidden, depth, heads, batch)
     "train_dit-cpu": (8, 1, 4, 128, 2, 8, 32),
-    "prune_dit-cpu": (8, 1, 4, 128, 3, 8, 32),
+    "prune_dit-cpu": (8, 1, 2, 48, 3, 8, 32),
     "8x8-p2": (8, 1, 2, 128, 4, 4, 64),
     "16x16-p2": (16, 1, 2, 128, 4, 4, 64),
     "32x32x3-p4": (32, 3, 4, 256, 6, 8, 64),

@@ -51,11 +51,11 @@ def get_config(arg=None):
     # with exactly these sizes (e.g. <train_dit workdir>/n5000); then design.bases = 1.
     c.base_checkpoint = ""
     # Base training: every base is one member of a vmapped group (seeds 0..bases-1 under config.seed).
-    c.train = common.train(steps=8000, batch_size=32, lr=2e-3, warmup_steps=100, ema_decay=0.995, log_every=500,
+    c.train = common.train(steps=8000, batch_size=32, lr=2e-3, warmup_steps=100, ema_decay=0.995, log_every=250,
                            ckpt_every=2000)
     # Fine-tuning after pruning (Algorithm 1: M steps of the ordinary loss, mask fixed), from the base's sampling
     # parameters with a fresh optimizer; the finetune_only control uses exactly these settings with every head.
-    c.finetune = common.train(steps=200, batch_size=32, lr=1e-3, warmup_steps=20, ema_decay=0.99, log_every=100,
+    c.finetune = common.train(steps=200, batch_size=32, lr=1e-3, warmup_steps=20, ema_decay=0.99, log_every=20,
                               ckpt_every=200)
     c.design = dict(bases=3, repeats=5, sweep_repeats=2, group_size=64)
     # etas: the sweep of the frontier (paper_eta added); scores: batches of ONE u in [u_min, 1] (Algorithm 2).

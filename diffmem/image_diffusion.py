@@ -17,15 +17,19 @@ keys as ARGUMENTS: sampling another parameter set or head mask of the same model
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import os
+import time
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from diffmem import data as data_lib
-from diffmem import losses, rng, sampling, sde, training
+from diffmem import losses, rng, runtime, sampling, sde, training
 from diffmem.config import DiTConfig, SamplerConfig, TrainConfig
 from diffmem.models import dit as dit_lib
 from diffmem.models.dit import variables
@@ -292,6 +296,9 @@ def _group_sampler(model: dit_lib.DiT, shape: tuple[int, ...], method: str, deno
     return run
 
 
+CPU_WORKERS = min(2, os.cpu_count() or 1)   # models sampled at once by sample_group on the CPU
+
+
 def sample_group(model: dit_lib.DiT, params: PyTree, head_masks, keys: Array, cfg: SamplerConfig, u_min: float, *,
                  progress: bool = False, devices: Optional[Sequence[jax.Device]] = None,
                  vmap: Optional[bool] = None) -> np.ndarray:
@@ -308,8 +315,25 @@ def sample_group(model: dit_lib.DiT, params: PyTree, head_masks, keys: Array, cf
     if vmap is None:
         vmap = jax.default_backend() != "cpu"
     if not vmap:
-        return np.stack([sample(model, jax.tree.map(lambda a: a[i], params), keys[i], cfg, u_min,
-                                head_mask=head_masks[i], progress=progress, devices=devices) for i in range(m)])
+        def one(i):
+            return sample(model, jax.tree.map(lambda a: a[i], params), keys[i], cfg, u_min, head_mask=head_masks[i],
+                          progress=progress, devices=devices)
+        out, t0 = [], time.perf_counter()
+        t_line = t0
+        # models in CPU_WORKERS threads: one model's sampler keeps about one core busy (small matrices); each
+        # model's samples are the same as alone (the same compiled program on the same inputs). One thread with
+        # several processes: their all-gathers must come in the same order on every process.
+        workers = max(1, min(CPU_WORKERS, m)) if jax.process_count() == 1 else 1
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for i, x in enumerate(pool.map(one, range(m))):
+                out.append(x)
+                now = time.perf_counter()
+                if runtime.is_writer() and now - t_line >= training.LOG_SECONDS and i + 1 < m:
+                    per = (now - t0) / (i + 1)
+                    logging.info("sampling: model %d/%d, %.1f s per model, ETA %.0f s", i + 1, m, per,
+                                 per * (m - i - 1))
+                    t_line = now
+        return np.stack(out)
     grid = sampling_grid(u_min, cfg.steps)
     shape = (model.image_size, model.image_size, model.channels)
     run = _group_sampler(model, shape, cfg.method, bool(cfg.denoise))

@@ -9,7 +9,7 @@ from absl import flags
 from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ("loss_gap", "approximation", "gmm_memorization", "train_dit", "prune_dit")
+CONFIGS = ("loss_gap", "approximation", "gmm_memorization", "train_dit", "prune_dit", "audit")
 
 
 def _sequence_fields(c: ml_collections.ConfigDict, prefix: str = ""):

@@ -11,6 +11,11 @@ Sweep members that share an architecture but differ in training-set size n, seed
 
 `train_sweep` hands the chunked runner to `loop.host_loop` (checkpoints of the stacked state, metrics with one value
 per member, resume, NaN guard, progress).
+
+One process runs the sweep on its default device. Several JAX processes (jax.distributed) each run the whole sweep
+on their first device: the state and inputs are arrays replicated over one device per process (orbax saves only
+such global arrays in a multi-process run, not a process's local copy), and the trained state is returned as this
+process's local copy, as with one process.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffmem.config import TrainConfig
 from diffmem.training import loop, state as state_lib
@@ -67,6 +74,43 @@ def masked_batch(key: Array, data, count: Array, batch_size: int):
     every leaf of a pytree of such arrays)."""
     idx = jax.random.randint(key, (batch_size,), 0, count)                          # (b,)
     return jax.tree.map(lambda a: a[idx], data)
+
+
+def _process_replicated() -> Optional[NamedSharding]:
+    """None with one process; else a sharding replicated over the first device of every process."""
+    if jax.process_count() == 1:
+        return None
+    first = {}
+    for dev in jax.devices():
+        first.setdefault(dev.process_index, dev)
+    return NamedSharding(Mesh(np.asarray([first[p] for p in sorted(first)]), ("process",)), P())
+
+
+def _replicated(tree: PyTree, sharding: Optional[NamedSharding]) -> PyTree:
+    """tree (identical on every process) as global arrays with `sharding` (typed keys too); as is for None."""
+    if sharding is None:
+        return tree
+
+    def one(x):
+        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = loop.replicate(np.asarray(jax.random.key_data(x)), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return loop.replicate(x, sharding)
+    return jax.tree.map(one, tree)
+
+
+def _run_sweep(advance, states, inputs: tuple, cfg: TrainConfig, chunk: int, ckpt_every: int, workdir, progress,
+               desc) -> tuple[state_lib.TrainState, list[dict]]:
+    """loop.host_loop over advance(states, num, *inputs), on global replicated arrays with several processes."""
+    sharding = _process_replicated()
+    inputs = _replicated(inputs, sharding)
+    states, records = loop.host_loop(lambda st, num: advance(st, num, *inputs), _replicated(states, sharding),
+                                     steps=cfg.steps, log_every=chunk, ckpt_every=ckpt_every,
+                                     keep_ckpts=cfg.keep_ckpts, workdir=workdir, chunk=chunk, progress=progress,
+                                     desc=desc, check=("loss",))
+    if sharding is not None:  # this process's copy, as with one process
+        states = jax.tree.map(lambda x: x.addressable_data(0), states)
+    return states, records
 
 
 def init_members(init_fn: Callable[[Array], PyTree], keys: Array) -> PyTree:
@@ -159,14 +203,12 @@ def train_sweep(loss_fn, params: PyTree, data, mask, weight_decays, keys: Array,
 
     chunk = cfg.log_every
     ckpt_every = -(-cfg.ckpt_every // chunk) * chunk
-    d_data, d_counts, d_wds = jnp.asarray(data), jnp.asarray(counts, jnp.int32), jnp.asarray(wds)
+    inputs = (jnp.asarray(data), jnp.asarray(counts, jnp.int32), jnp.asarray(wds), keys, extra)
 
-    def advance(states, num):  # a tail shorter than a chunk compiles once more
-        return make_sweep_runner(loss_fn, cfg, num, with_extra)(states, d_data, d_counts, d_wds, keys, extra)
+    def advance(states, num, *inputs):  # a tail shorter than a chunk compiles once more
+        return make_sweep_runner(loss_fn, cfg, num, with_extra)(states, *inputs)
 
-    return loop.host_loop(advance, init_states(params, cfg), steps=cfg.steps, log_every=chunk,
-                          ckpt_every=ckpt_every, keep_ckpts=cfg.keep_ckpts, workdir=workdir, chunk=chunk,
-                          progress=progress, desc=desc, check=("loss",))
+    return _run_sweep(advance, init_states(params, cfg), inputs, cfg, chunk, ckpt_every, workdir, progress, desc)
 
 
 def train_members(loss_fn, params: PyTree, data, keys: Array, cfg: TrainConfig, *, weight_decays=None,
@@ -199,12 +241,9 @@ def train_members(loss_fn, params: PyTree, data, keys: Array, cfg: TrainConfig, 
     chunk = cfg.log_every
     ckpt_every = -(-cfg.ckpt_every // chunk) * chunk
     n = leaves[0].shape[0]
-    d_data, d_count, d_wds = jax.tree.map(jnp.asarray, data), jnp.int32(n), jnp.asarray(wds)
+    inputs = (jax.tree.map(jnp.asarray, data), jnp.int32(n), jnp.asarray(wds), keys, extra)
 
-    def advance(states, num):
-        run = make_sweep_runner(loss_fn, cfg, num, with_extra, shared_data=True)
-        return run(states, d_data, d_count, d_wds, keys, extra)
+    def advance(states, num, *inputs):
+        return make_sweep_runner(loss_fn, cfg, num, with_extra, shared_data=True)(states, *inputs)
 
-    return loop.host_loop(advance, init_states(params, cfg), steps=cfg.steps, log_every=chunk,
-                          ckpt_every=ckpt_every, keep_ckpts=cfg.keep_ckpts, workdir=workdir, chunk=chunk,
-                          progress=progress, desc=desc, check=("loss",))
+    return _run_sweep(advance, init_states(params, cfg), inputs, cfg, chunk, ckpt_every, workdir, progress, desc)

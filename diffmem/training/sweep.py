@@ -13,9 +13,9 @@ Sweep members that share an architecture but differ in training-set size n, seed
 per member, resume, NaN guard, progress).
 
 One process runs the sweep on its default device. Several JAX processes (jax.distributed) each run the whole sweep
-on their first device: the state and inputs are arrays replicated over one device per process (orbax saves only
-such global arrays in a multi-process run, not a process's local copy), and the trained state is returned as this
-process's local copy, as with one process.
+on their first device (the same computation, so the same numbers as one process), and host_loop sees the state as
+global arrays replicated over one device per process, built from these local copies (orbax saves only such global
+arrays in a multi-process run); the trained state is returned as this process's local copy.
 """
 from __future__ import annotations
 
@@ -86,31 +86,33 @@ def _process_replicated() -> Optional[NamedSharding]:
     return NamedSharding(Mesh(np.asarray([first[p] for p in sorted(first)]), ("process",)), P())
 
 
-def _replicated(tree: PyTree, sharding: Optional[NamedSharding]) -> PyTree:
-    """tree (identical on every process) as global arrays with `sharding` (typed keys too); as is for None."""
-    if sharding is None:
-        return tree
-
-    def one(x):
-        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            data = loop.replicate(np.asarray(jax.random.key_data(x)), sharding)
-            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
-        return loop.replicate(x, sharding)
-    return jax.tree.map(one, tree)
-
-
 def _run_sweep(advance, states, inputs: tuple, cfg: TrainConfig, chunk: int, ckpt_every: int, workdir, progress,
                desc) -> tuple[state_lib.TrainState, list[dict]]:
-    """loop.host_loop over advance(states, num, *inputs), on global replicated arrays with several processes."""
+    """loop.host_loop over advance(states, num, *inputs). With several processes every process computes on its
+    first device, as one process does; host_loop (its checkpoints) sees the state as global arrays replicated over
+    the processes, made of these local copies."""
     sharding = _process_replicated()
-    inputs = _replicated(inputs, sharding)
-    states, records = loop.host_loop(lambda st, num: advance(st, num, *inputs), _replicated(states, sharding),
-                                     steps=cfg.steps, log_every=chunk, ckpt_every=ckpt_every,
-                                     keep_ckpts=cfg.keep_ckpts, workdir=workdir, chunk=chunk, progress=progress,
-                                     desc=desc, check=("loss",))
-    if sharding is not None:  # this process's copy, as with one process
-        states = jax.tree.map(lambda x: x.addressable_data(0), states)
-    return states, records
+    if sharding is None:
+        return loop.host_loop(lambda st, num: advance(st, num, *inputs), states, steps=cfg.steps, log_every=chunk,
+                              ckpt_every=ckpt_every, keep_ckpts=cfg.keep_ckpts, workdir=workdir, chunk=chunk,
+                              progress=progress, desc=desc, check=("loss",))
+    device = sharding.mesh.devices[jax.process_index()]
+    inputs = jax.device_put(inputs, device)
+
+    def local(tree):
+        return jax.tree.map(lambda x: x.addressable_data(0), tree)
+
+    def to_global(tree):
+        return jax.tree.map(lambda x: jax.make_array_from_single_device_arrays(x.shape, sharding, [x]), tree)
+
+    def step(st, num):
+        st, metrics = advance(local(st), num, *inputs)
+        return to_global(st), metrics
+
+    states, records = loop.host_loop(step, to_global(jax.device_put(states, device)), steps=cfg.steps,
+                                     log_every=chunk, ckpt_every=ckpt_every, keep_ckpts=cfg.keep_ckpts,
+                                     workdir=workdir, chunk=chunk, progress=progress, desc=desc, check=("loss",))
+    return local(states), records
 
 
 def init_members(init_fn: Callable[[Array], PyTree], keys: Array) -> PyTree:

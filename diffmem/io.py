@@ -3,7 +3,12 @@
 Paths go through `etils.epath`, so a workdir may be local or remote (`gs://...`). Every write goes to a temporary
 name unique to the process and is then renamed over the target, so a killed run never leaves a half-written file
 and two writers never share a temporary. Only process 0 writes (`runtime.is_writer`); the other processes of a
-multi-process run compute the same values and skip the write.
+multi-process run compute the same values and skip the write. Every call here that writes or reads a file (`exists`,
+`read_json`, `read_bytes`, `load_npz`, `load_npy`, the writes, `remove`) is a barrier of all processes (a no-op with
+one process): every process makes the same calls in the same order, a write returns once the file is in place and
+a read looks only when every process has reached it, so all processes see the same files. Without it a process
+could read a file process 0 had not yet written, or, looking just after process 0 wrote a cache or a stamp, take
+another branch (reuse instead of compute, skip a write) than process 0 and leave the collectives out of step.
 
 Stamps: a resumable piece of work (a trained model, a cached evaluation) is stored beside a JSON stamp of every
 setting that changes its numbers; `check_stamp` refuses to resume from a stamp that differs and names the fields.
@@ -36,17 +41,22 @@ def makedirs(p: PathLike) -> epath.Path:
     return p
 
 
+def _sync(what: str, p: epath.Path) -> None:
+    """All processes meet here (see the module docstring); the name checks that they do the same thing."""
+    runtime.barrier(f"diffmem.io {what} {p.name}")
+
+
 def _atomic_write(p: PathLike, data: Union[bytes, str]) -> None:
-    if not runtime.is_writer():
-        return
     p = path(p)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f"{p.name}.tmp{os.getpid()}")
-    if isinstance(data, str):
-        tmp.write_text(data)
-    else:
-        tmp.write_bytes(data)
-    tmp.replace(p)
+    if runtime.is_writer():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f"{p.name}.tmp{os.getpid()}")
+        if isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)
+        tmp.replace(p)
+    _sync("write", p)   # every process returns once the file is there
 
 
 def write_text(p: PathLike, text: str) -> None:
@@ -77,25 +87,30 @@ def save_npy(p: PathLike, array) -> None:
 
 
 def load_npy(p: PathLike) -> np.ndarray:
+    _sync("read", path(p))
     return np.load(_io.BytesIO(path(p).read_bytes()), allow_pickle=False)
 
 
 def exists(p: PathLike) -> bool:
+    _sync("exists", path(p))
     return path(p).exists()
 
 
 def read_json(p: PathLike) -> Optional[Any]:
     """The JSON at `p`, or None when the file does not exist."""
     p = path(p)
+    _sync("read", p)
     return json.loads(p.read_text()) if p.exists() else None
 
 
 def read_bytes(p: PathLike) -> bytes:
+    _sync("read", path(p))
     return path(p).read_bytes()
 
 
 def load_npz(p: PathLike) -> dict[str, np.ndarray]:
     """Every array of an .npz as a dict (read into memory)."""
+    _sync("read", path(p))
     with np.load(_io.BytesIO(path(p).read_bytes()), allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
 
@@ -107,6 +122,7 @@ def remove(p: PathLike) -> None:
             p.rmtree()
         else:
             p.unlink()
+    _sync("remove", p)
 
 
 # ---------------------------------------------------------------------------------------------------- content

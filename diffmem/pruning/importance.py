@@ -12,7 +12,8 @@ Randomness: batch i uses key_i = fold_in(key, i) (`draw_batch`); inside a batch,
 noise (and, for per-example times, its u) from fold_in(., j), so batch content never depends on the device count.
 Multi-device: `head_importance` shards every batch over a 1-D mesh (jit + NamedSharding, gradient of the batch-mean
 loss, so the value is the single-device one); `importance_many` / `evaluate_masks` map time distributions / masks
-over the devices with shard_map.
+over the devices with shard_map. The default mesh spans every device of every JAX process (jax.distributed): the
+inputs (identical on every process) are placed with `_put` and every process receives the whole result (`_fetch`).
 Scores are (depth, max_heads), NaN on the padding entries of an unevenly pruned model (`surgery.head_valid_mask`).
 """
 from __future__ import annotations
@@ -190,9 +191,8 @@ def head_importance(model: DiT, params, images, key: Array, *, num_batches: int,
                          f"({mesh.size}): each batch is split evenly over the mesh")
     fn = _importance_fn(model, (TimeDist(time_dist, a, b, u_min),), num_batches, batch_size, time_change,
                         labels is not None, mesh)
-    args = jax.device_put((variables(params), images, _labels_or_dummy(labels, images), key),
-                          NamedSharding(mesh, P()))
-    raw = _nan_padding(fn(*args), model)
+    args = _put((variables(params), images, _labels_or_dummy(labels, images), key), NamedSharding(mesh, P()))
+    raw = _nan_padding(_fetch(fn(*args)), model)
     return {"raw": raw, "importance": normalize_per_layer(raw)}
 
 
@@ -228,8 +228,8 @@ def importance_many(model: DiT, params, images, key: Array, time_dists: Sequence
     which = _pad_to(np.arange(len(tds), dtype=np.int32), mesh.size)                  # (L_pad,)
     fn = _importance_many_fn(model, tds, num_batches, batch_size, time_change, labels is not None, mesh)
     rep = NamedSharding(mesh, P())
-    args = jax.device_put((variables(params), images, _labels_or_dummy(labels, images), key), rep)
-    raw = fn(*args, jax.device_put(which, NamedSharding(mesh, P(mesh.axis_names[0]))))[:len(tds)]
+    args = _put((variables(params), images, _labels_or_dummy(labels, images), key), rep)
+    raw = _fetch(fn(*args, _put(which, NamedSharding(mesh, P(mesh.axis_names[0])))))[:len(tds)]
     raw = jax.vmap(lambda s: _nan_padding(s, model))(raw)
     return {"raw": raw, "importance": jax.vmap(normalize_per_layer)(raw)}
 
@@ -272,8 +272,8 @@ def evaluate_masks(model: DiT, params, images, key: Array, masks, *, num_batches
     fn = _evaluate_masks_fn(model, TimeDist(time_dist, a, b, u_min), num_batches, batch_size, time_change,
                             per_example_time, labels is not None, mesh)
     rep = NamedSharding(mesh, P())
-    args = jax.device_put((variables(params), images, _labels_or_dummy(labels, images), key), rep)
-    return fn(*args, jax.device_put(m_pad, NamedSharding(mesh, P(mesh.axis_names[0]))))[:masks.shape[0]]
+    args = _put((variables(params), images, _labels_or_dummy(labels, images), key), rep)
+    return _fetch(fn(*args, _put(m_pad, NamedSharding(mesh, P(mesh.axis_names[0])))))[:masks.shape[0]]
 
 
 def normalize_per_layer(scores: Array) -> Array:
@@ -292,6 +292,36 @@ def _mesh(mesh: Optional[Mesh]) -> Mesh:
     if not isinstance(mesh, Mesh) or len(mesh.axis_names) != 1:
         raise ValueError(f"mesh must be a 1-D jax.sharding.Mesh, got {mesh!r}")
     return mesh
+
+
+def _put(tree, sharding: NamedSharding):
+    """jax.device_put(tree, sharding) for values identical on every process, also when the sharding spans several
+    processes (device_put accepts only this process's devices there): typed keys as key data, arrays replicated
+    over the processes taken from this process's copy."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(x):
+        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if x.sharding == sharding:
+                return x
+            if not x.sharding.is_fully_replicated:
+                raise ValueError(f"inputs must be identical on every process; got an array of shape {x.shape} "
+                                 f"sharded as {x.sharding}")
+            x = x.addressable_data(0)      # replicated over the processes (e.g. trained parameters)
+        a = np.asarray(x)
+        return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
+    return jax.tree.map(one, tree)
+
+
+def _fetch(x: Array) -> Array:
+    """The whole of x on this process (an array of a mesh over several processes is all-gathered)."""
+    if x.is_fully_addressable:
+        return x
+    from jax.experimental import multihost_utils
+    return jnp.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _pad_to(a: np.ndarray, multiple: int, fill=None) -> np.ndarray:

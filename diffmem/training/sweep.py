@@ -11,6 +11,11 @@ Sweep members that share an architecture but differ in training-set size n, seed
 
 `train_sweep` hands the chunked runner to `loop.host_loop` (checkpoints of the stacked state, metrics with one value
 per member, resume, NaN guard, progress; with cfg.tensorboard TensorBoard scalars per member, diffmem.tracking).
+
+One process runs the sweep on its default device. Several JAX processes (jax.distributed) each run the whole sweep
+on their first device (the same computation, so the same numbers as one process), and host_loop sees the state as
+global arrays replicated over one device per process, built from these local copies (orbax saves only such global
+arrays in a multi-process run); the trained state is returned as this process's local copy.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffmem.config import TrainConfig
 from diffmem.training import loop, state as state_lib
@@ -67,6 +74,46 @@ def masked_batch(key: Array, data, count: Array, batch_size: int):
     every leaf of a pytree of such arrays)."""
     idx = jax.random.randint(key, (batch_size,), 0, count)                          # (b,)
     return jax.tree.map(lambda a: a[idx], data)
+
+
+def _process_replicated() -> Optional[NamedSharding]:
+    """None with one process; else a sharding replicated over the first device of every process."""
+    if jax.process_count() == 1:
+        return None
+    first = {}
+    for dev in jax.devices():
+        first.setdefault(dev.process_index, dev)
+    return NamedSharding(Mesh(np.asarray([first[p] for p in sorted(first)]), ("process",)), P())
+
+
+def _run_sweep(advance, states, inputs: tuple, cfg: TrainConfig, chunk: int, ckpt_every: int, workdir, progress,
+               desc) -> tuple[state_lib.TrainState, list[dict]]:
+    """loop.host_loop over advance(states, num, *inputs). With several processes every process computes on its
+    first device, as one process does; host_loop (its checkpoints) sees the state as global arrays replicated over
+    the processes, made of these local copies."""
+    sharding = _process_replicated()
+    if sharding is None:
+        return loop.host_loop(lambda st, num: advance(st, num, *inputs), states, steps=cfg.steps, log_every=chunk,
+                              ckpt_every=ckpt_every, keep_ckpts=cfg.keep_ckpts, workdir=workdir, chunk=chunk,
+                              progress=progress, desc=desc, check=("loss",), tensorboard=cfg.tensorboard)
+    device = sharding.mesh.devices[jax.process_index()]
+    inputs = jax.device_put(inputs, device)
+
+    def local(tree):
+        return jax.tree.map(lambda x: x.addressable_data(0), tree)
+
+    def to_global(tree):
+        return jax.tree.map(lambda x: jax.make_array_from_single_device_arrays(x.shape, sharding, [x]), tree)
+
+    def step(st, num):
+        st, metrics = advance(local(st), num, *inputs)
+        return to_global(st), metrics
+
+    states, records = loop.host_loop(step, to_global(jax.device_put(states, device)), steps=cfg.steps,
+                                     log_every=chunk, ckpt_every=ckpt_every, keep_ckpts=cfg.keep_ckpts,
+                                     workdir=workdir, chunk=chunk, progress=progress, desc=desc, check=("loss",),
+                                     tensorboard=cfg.tensorboard)
+    return local(states), records
 
 
 def init_members(init_fn: Callable[[Array], PyTree], keys: Array) -> PyTree:
@@ -159,14 +206,12 @@ def train_sweep(loss_fn, params: PyTree, data, mask, weight_decays, keys: Array,
 
     chunk = cfg.log_every
     ckpt_every = -(-cfg.ckpt_every // chunk) * chunk
-    d_data, d_counts, d_wds = jnp.asarray(data), jnp.asarray(counts, jnp.int32), jnp.asarray(wds)
+    inputs = (jnp.asarray(data), jnp.asarray(counts, jnp.int32), jnp.asarray(wds), keys, extra)
 
-    def advance(states, num):  # a tail shorter than a chunk compiles once more
-        return make_sweep_runner(loss_fn, cfg, num, with_extra)(states, d_data, d_counts, d_wds, keys, extra)
+    def advance(states, num, *inputs):  # a tail shorter than a chunk compiles once more
+        return make_sweep_runner(loss_fn, cfg, num, with_extra)(states, *inputs)
 
-    return loop.host_loop(advance, init_states(params, cfg), steps=cfg.steps, log_every=chunk,
-                          ckpt_every=ckpt_every, keep_ckpts=cfg.keep_ckpts, workdir=workdir, chunk=chunk,
-                          progress=progress, desc=desc, check=("loss",), tensorboard=cfg.tensorboard)
+    return _run_sweep(advance, init_states(params, cfg), inputs, cfg, chunk, ckpt_every, workdir, progress, desc)
 
 
 def train_members(loss_fn, params: PyTree, data, keys: Array, cfg: TrainConfig, *, weight_decays=None,
@@ -199,12 +244,9 @@ def train_members(loss_fn, params: PyTree, data, keys: Array, cfg: TrainConfig, 
     chunk = cfg.log_every
     ckpt_every = -(-cfg.ckpt_every // chunk) * chunk
     n = leaves[0].shape[0]
-    d_data, d_count, d_wds = jax.tree.map(jnp.asarray, data), jnp.int32(n), jnp.asarray(wds)
+    inputs = (jax.tree.map(jnp.asarray, data), jnp.int32(n), jnp.asarray(wds), keys, extra)
 
-    def advance(states, num):
-        run = make_sweep_runner(loss_fn, cfg, num, with_extra, shared_data=True)
-        return run(states, d_data, d_count, d_wds, keys, extra)
+    def advance(states, num, *inputs):
+        return make_sweep_runner(loss_fn, cfg, num, with_extra, shared_data=True)(states, *inputs)
 
-    return loop.host_loop(advance, init_states(params, cfg), steps=cfg.steps, log_every=chunk,
-                          ckpt_every=ckpt_every, keep_ckpts=cfg.keep_ckpts, workdir=workdir, chunk=chunk,
-                          progress=progress, desc=desc, check=("loss",), tensorboard=cfg.tensorboard)
+    return _run_sweep(advance, init_states(params, cfg), inputs, cfg, chunk, ckpt_every, workdir, progress, desc)

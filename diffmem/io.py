@@ -6,7 +6,8 @@ and two writers never share a temporary. Only process 0 writes (`runtime.is_writ
 multi-process run compute the same values and skip the write. Every call here that writes or reads a file (`exists`,
 `read_json`, `read_bytes`, `load_npz`, `load_npy`, the writes, `remove`) is a barrier of all processes (a no-op with
 one process): every process makes the same calls in the same order, a write returns once the file is in place and
-a read looks only when every process has reached it, so all processes see the same files. Without it a process
+a read returns only when every process has read (so process 0 cannot write over a file before another process has
+looked at it), and all processes see the same files. Without it a process
 could read a file process 0 had not yet written, or, looking just after process 0 wrote a cache or a stamp, take
 another branch (reuse instead of compute, skip a write) than process 0 and leave the collectives out of step.
 
@@ -87,32 +88,37 @@ def save_npy(p: PathLike, array) -> None:
 
 
 def load_npy(p: PathLike) -> np.ndarray:
+    out = np.load(_io.BytesIO(path(p).read_bytes()), allow_pickle=False)
     _sync("read", path(p))
-    return np.load(_io.BytesIO(path(p).read_bytes()), allow_pickle=False)
+    return out
 
 
 def exists(p: PathLike) -> bool:
+    out = path(p).exists()
     _sync("exists", path(p))
-    return path(p).exists()
+    return out
 
 
 def read_json(p: PathLike) -> Optional[Any]:
     """The JSON at `p`, or None when the file does not exist."""
     p = path(p)
+    out = json.loads(p.read_text()) if p.exists() else None
     _sync("read", p)
-    return json.loads(p.read_text()) if p.exists() else None
+    return out
 
 
 def read_bytes(p: PathLike) -> bytes:
+    out = path(p).read_bytes()
     _sync("read", path(p))
-    return path(p).read_bytes()
+    return out
 
 
 def load_npz(p: PathLike) -> dict[str, np.ndarray]:
     """Every array of an .npz as a dict (read into memory)."""
-    _sync("read", path(p))
     with np.load(_io.BytesIO(path(p).read_bytes()), allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+        out = {k: f[k] for k in f.files}
+    _sync("read", path(p))
+    return out
 
 
 def remove(p: PathLike) -> None:

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
+pytestmark = pytest.mark.slow   # two DiT compilations per dtype in a subprocess: DIFFMEM_SLOW_TESTS=1
 
 
 @pytest.fixture(scope="module")

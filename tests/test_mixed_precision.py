@@ -86,6 +86,7 @@ def test_forward_loss_and_gradients_close_to_float32(models, params):
     assert cos > 0.999 and _rel(flat16, flat32) < 2e-2
 
 
+@pytest.mark.slow
 def test_training_and_sampling_close_to_float32(models, params, tmp_path):
     f32, bf16 = models
     images = _images(64, seed=2)

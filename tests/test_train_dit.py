@@ -317,6 +317,7 @@ def test_bad_config_keys_and_heldout_size(tmp_path):
         experiments.run(cfg, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_cifar10_preset_runs_on_mock_tfds(tmp_path):
     """The paper-scale preset's pipeline (tfds:cifar10 through data_source, DiT-S/2 on 32x32x3, the 'test' reference,
     the classifier features on CIFAR labels) end to end on mocked CIFAR-10, with the run lengths cut to seconds.

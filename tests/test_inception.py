@@ -11,6 +11,8 @@ from diffmem.eval.features import inception
 from diffmem import config as config_lib
 from diffmem.eval import images
 
+pytestmark = pytest.mark.slow   # builds InceptionV3 (about a minute on 2 cores): DIFFMEM_SLOW_TESTS=1
+
 keras = inception.import_keras()
 
 

@@ -68,6 +68,7 @@ def test_matmuls_in_bfloat16_softmax_in_float32(models, params):
     assert out.dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_forward_loss_and_gradients_close_to_float32(models, params):
     f32, bf16 = models
     x = jnp.asarray(_images(16))

@@ -103,7 +103,7 @@ def _compare(a, b, where="results"):
     return skipped
 
 
-SLOW = ("approximation", "gmm_memorization", "prune_dit")   # 1.5-4 min each on 2 cores: DIFFMEM_SLOW_TESTS=1
+SLOW = ("approximation", "gmm_memorization", "train_dit", "prune_dit")   # 1-4 min each on 2 cores
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in OVERRIDES])

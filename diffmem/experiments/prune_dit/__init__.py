@@ -42,16 +42,19 @@ from diffmem.experiments.prune_dit.settings import (ALWAYS, PRUNE_METHODS, SCORE
                                                     parse_config)
 
 
+def _train_numbers(cfg) -> dict:
+    """A training section's fields that change the numbers (not its cadence of logs and checkpoints)."""
+    return {k: v for k, v in config_lib.train_numbers(cfg).items() if k not in ("log_every", "ckpt_every", "keep_ckpts")}
+
+
 def _piece_stamp(s: Settings, base: dict, d, ref, extractor) -> dict:
     return dict(base=dict(source=base["source"], steps=base["steps"], seed=s.seed, model=s.model.resolved(),
                           data=dataclasses.asdict(s.data), indices_sha1=io.sha1_arrays(d.indices),
                           u_min=s.diffusion.u_min, bases=s.design.bases, weight_decay_base=s.weight_decay.base,
                           base_value=s.weight_decay.base_value,
-                          train={k: v for k, v in dataclasses.asdict(s.train).items()
-                                 if k not in ("log_every", "ckpt_every", "keep_ckpts", *config_lib.TRACKING_TRAIN_FIELDS)},
+                          train=_train_numbers(s.train),
                           params_sha1=io.sha1_arrays(*jax.tree.leaves(base["params"]))),
-                finetune={k: v for k, v in dataclasses.asdict(s.finetune).items()
-                          if k not in ("log_every", "ckpt_every", "keep_ckpts", *config_lib.TRACKING_TRAIN_FIELDS)},
+                finetune=_train_numbers(s.finetune),
                 wd_finetune=s.weight_decay.finetune_value, group_size=s.design.group_size,
                 sampler=dataclasses.asdict(s.sampler), eval=dataclasses.asdict(s.eval),
                 score=dict(batches=s.prune.score_batches, batch_size=s.prune.score_batch_size,

@@ -29,8 +29,10 @@ setuptools.setup(
         "inception": ["keras>=3.6,<4"],
         # TensorBoard tracking (diffmem/tracking.py, TrainConfig.tensorboard): the tensorboardX event writer.
         "tensorboard": ["tensorboardX>=2.6,<3"],
-        # The tests also read the event files back with TensorBoard's own reader.
-        "test": ["pytest>=8,<10", "keras>=3.6,<4", "tensorboardX>=2.6,<3", "tensorboard>=2.16,<3"],
+        # The tests also read the event files back with TensorBoard's own reader; they run on 2 worker processes
+        # (pytest-xdist) that share one compilation cache (filelock guards it, see tests/conftest.py).
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "filelock>=3.12,<4", "keras>=3.6,<4", "tensorboardX>=2.6,<3",
+                 "tensorboard>=2.16,<3"],
         "gpu": ["jax[cuda12]>=0.5.0,<0.13"],
         "tfds-prepare": ["tensorflow-cpu>=2.16,<3"],
     },

@@ -86,8 +86,8 @@ def launch(num_processes: int, target: list[str], *, port: int = 0, devices_per_
     xla_flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
     base_env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
                     DIFFMEM_DISTRIBUTED="1", DIFFMEM_COORDINATOR_ADDRESS=f"localhost:{port}",
-                    DIFFMEM_NUM_PROCESSES=str(num_processes),
-                    XLA_FLAGS=f"{xla_flags} --xla_force_host_platform_device_count={devices_per_process}".strip())
+                    DIFFMEM_NUM_PROCESSES=str(num_processes), JAX_NUM_CPU_DEVICES=str(devices_per_process),
+                    XLA_FLAGS=xla_flags.strip())
     procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", "--", *target],
                               env=dict(base_env, DIFFMEM_PROCESS_ID=str(i)))
              for i in range(num_processes)]

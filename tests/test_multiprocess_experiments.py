@@ -3,7 +3,7 @@ the results of 1 process over 2 devices, and only process 0 writes files.
 
 Each experiment runs its smoke preset (shrunk further by command-line overrides where that keeps the plumbing:
 every stage still runs, on fewer / smaller cells) through `python -m diffmem.main` twice:
-  * one process with 2 fake CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=2), and
+  * one process with 2 fake CPU devices (JAX_NUM_CPU_DEVICES=2), and
   * two processes of 1 device each, joined by jax.distributed (the launcher's DIFFMEM_* variables),
 so both runs see the same global device count and build the same mesh. results.json must agree to float tolerance
 (timings excepted, see TIMING_KEY) and both workdirs must hold the same set of files (the second process writes
@@ -103,11 +103,18 @@ def _compare(a, b, where="results"):
     return skipped
 
 
-SLOW = ("approximation", "gmm_memorization", "train_dit", "prune_dit")   # 1-4 min each on 2 cores
+# The DiT experiments are in test_multiprocess_dit_experiments.py (the same check), so that the two halves run on
+# different pytest-xdist workers.
+LAB = ("loss_gap", "approximation", "gmm_memorization")
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in OVERRIDES])
+@pytest.mark.parametrize("name", LAB)
 def test_two_processes_equal_one_process(name, tmp_path):
+    check_two_processes_equal_one_process(name, tmp_path)
+
+
+def check_two_processes_equal_one_process(name, tmp_path):
+    """Runs experiment `name`'s smoke preset as 1 process x 2 devices and as 2 processes x 1 device; compares."""
     args = [f"--config={ROOT}/configs/{name}.py:smoke", *OVERRIDES[name]]
     if name == "audit":
         args += _audit_inputs(tmp_path)
@@ -115,13 +122,13 @@ def test_two_processes_equal_one_process(name, tmp_path):
 
     p = subprocess.run([sys.executable, "-m", "diffmem.main", *args, f"--workdir={one}"], cwd=ROOT,
                        capture_output=True, text=True, timeout=400,
-                       env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+                       env=_env(JAX_NUM_CPU_DEVICES="2"))
     assert p.returncode == 0, p.stderr[-4000:]
     assert "2 device(s)" in p.stderr and "process 0 of 1" in p.stderr, p.stderr[-2000:]
 
     cmd = [sys.executable, os.path.join(ROOT, "launch", "local_multiprocess.py"), "-n", "2", "--devices_per_process",
            "1", "--timeout", "400", "--", "-m", "diffmem.main", *args, f"--workdir={two}"]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=450, env=_env(XLA_FLAGS=""))
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=450, env=_env())
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     assert "process 1 of 2" in p.stderr, p.stderr[-2000:]
 

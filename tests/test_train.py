@@ -311,7 +311,7 @@ def test_data_parallel_four_devices_equals_single_device():
 
 _QUEUED_STEPS_SCRIPT = """
 import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["JAX_NUM_CPU_DEVICES"] = "4"
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, sys.argv[1])
 import jax

@@ -285,6 +285,26 @@ def test_precision_recall_matches_brute_force(k, chunk):
     assert out["precision"] == pytest.approx(p) and out["recall"] == pytest.approx(r)
 
 
+def test_precision_recall_reuses_the_reference_radii_only_for_the_same_reference():
+    """Many sample sets against one reference compute its k-NN radii once (cached by content); each result still
+    equals brute force, and a reference that differs in one value gets its own radii."""
+    rng = np.random.default_rng(5)
+    real = rng.normal(size=(150, 3)).astype(np.float32)
+    distribution._REAL_RADII.clear()
+    for i in range(3):
+        fake = (0.7 * rng.normal(size=(120, 3)) + np.array([0.3 * i, 0.0, 0.0])).astype(np.float32)
+        out = distribution.precision_recall(real, fake, k=3)
+        p, r = _brute_pr(real.astype(np.float64), fake.astype(np.float64), 3)
+        assert out["precision"] == pytest.approx(p) and out["recall"] == pytest.approx(r)
+    assert len(distribution._REAL_RADII) == 1
+    moved = real.copy()
+    moved[0, 0] += 5.0
+    out = distribution.precision_recall(moved, fake, k=3)
+    p, r = _brute_pr(moved.astype(np.float64), fake.astype(np.float64), 3)
+    assert out["precision"] == pytest.approx(p) and out["recall"] == pytest.approx(r)
+    assert len(distribution._REAL_RADII) == 2
+
+
 def test_precision_recall_bad_inputs():
     a = np.ones((10, 3), np.float32)
     with pytest.raises(ValueError, match="more than k"):

@@ -288,15 +288,25 @@ def evaluate_group(ctx: Context, runs: list[Run], all_runs: list[Run], tag: str,
         if r.tuned and keep_params(s, r):
             io.write_bytes(os.path.join(ctx.piece_dir, "params", r.id + ".msgpack"),
                            flax.serialization.to_bytes(jax.tree.map(lambda a: a[i], params)))
+    # Only the models not evaluated yet are sampled (a run killed inside a group loses none of its evaluations);
+    # model i's samples depend only on its own key, so they equal those of the whole group. Where the group is
+    # vmapped (accelerators) the selection is padded back to the group's size: one compiled sampler.
+    todo = [i for i, r in enumerate(runs[:members]) if done[r.id] is None]
+    sel = todo + [todo[-1]] * (len(runs) - len(todo)) if jax.default_backend() != "cpu" else todo
     with Stopwatch(ctx, "sampling"):
-        keys = jnp.stack([rng.stream(s.seed, "samples", r.base, r.repeat) for r in runs])
-        samples = idf.sample_group(model, params, masks, keys, s.sampler, s.diffusion.u_min, progress=s.progress)
+        keys = jnp.stack([rng.stream(s.seed, "samples", runs[i].base, runs[i].repeat) for i in sel])
+        sampled = idf.sample_group(model, jax.tree.map(lambda a: a[np.asarray(sel)], params), masks[sel], keys,
+                                   s.sampler, s.diffusion.u_min, progress=s.progress)
+        samples = {i: sampled[j] for j, i in enumerate(todo)}                          # run index -> (N, H, W, C)
     with Stopwatch(ctx, "loss_after_prune"):
         losses_after = {b: loss_after_prune(ctx, b, all_runs) for b in sorted({r.base for r in runs if r.eta is not None})}
     out = []
     with Stopwatch(ctx, "evaluation"):
         valid = pruning.head_valid_mask(model)
         for i, r in enumerate(runs[:members]):
+            if i not in samples:
+                out.append(done[r.id])
+                continue
             ev = s.eval
             summary, mem = eval_images.evaluate_samples(samples[i], ctx.images, ctx.ref_features, ctx.extractor,
                                                         k=ev.k, ratio=ev.ratio, kid_subsets=ev.kid_subsets,
@@ -315,7 +325,8 @@ def evaluate_group(ctx: Context, runs: list[Run], all_runs: list[Run], tag: str,
             res = io.jsonable(res)
             io.write_json(paths[r.id], res)
             out.append(res)
-    ctx.counters["runs_computed"] += members
+    ctx.counters["runs_computed"] += len(todo)
+    ctx.counters["runs_reused"] += members - len(todo)
     logging.info("prune_dit group %s: %d models; memorization %s", tag, members,
                  " ".join(f"{o['memorization_ratio']:.2f}" for o in out))
     return out

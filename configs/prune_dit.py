@@ -11,11 +11,12 @@ and a verdict.
 Presets:
   smoke    a tiny DiT on 8x8 digits, a few steps, 2 bases x 2 repeats, few samples: plumbing only.
   cpu      the testbed where heads matter: n = 32 of scikit-learn's 8x8 digits at patch 2 (16 tokens per image), a DiT
-           with 3 layers x 8 heads (24 heads), 3 bases x 5 repeats at eta 20% (2 at eta 40%), 1,000 samples per
-           model; the CI's main job.
+           with 3 layers x 8 heads (24 heads), 9,000 base steps, 3 bases x 5 repeats at eta 20% (2 at eta 40%),
+           1,000 samples per model; the CI's main job.
   cpu_full the same testbed with 5 bases x 5 repeats, 3 repeats at each eta of 0.1 .. 0.5, and importance_uniform.
   fashion  Fashion-MNIST (Debian's dataset-fashion-mnist IDX files: apt-get install dataset-fashion-mnist),
-           center-cropped to 24 x 24 and 2 x 2 average-pooled to 12 x 12 (stated in results.json), patch 2 = 36 tokens.
+           center-cropped to 24 x 24 and 2 x 2 average-pooled to 12 x 12 (stated in results.json), patch 2 = 36 tokens;
+           n = 48, DiT hidden 64 x 3 layers x 8 heads, 8,000 base steps.
   cifar10  the paper's setting: DiT-S/2 (12 x 6 = 72 heads) on a random 5,000-image CIFAR-10 subset (tfds:cifar10,
            prepared as array_record), 3 bases x 5 repeats, 10,000 samples, reference = the 10,000 test images; the
            weight-decay bases too. For GPUs/TPUs.
@@ -51,7 +52,7 @@ def get_config(arg=None):
     # with exactly these sizes (e.g. <train_dit workdir>/n5000); then design.bases = 1.
     c.base_checkpoint = ""
     # Base training: every base is one member of a vmapped group (seeds 0..bases-1 under config.seed).
-    c.train = common.train(steps=8000, batch_size=32, lr=2e-3, warmup_steps=100, ema_decay=0.995, log_every=250,
+    c.train = common.train(steps=9000, batch_size=32, lr=2e-3, warmup_steps=100, ema_decay=0.995, log_every=250,
                            ckpt_every=2000)
     # Fine-tuning after pruning (Algorithm 1: M steps of the ordinary loss, mask fixed), from the base's sampling
     # parameters with a fresh optimizer; the finetune_only control uses exactly these settings with every head.
@@ -97,6 +98,7 @@ def get_config(arg=None):
     elif arg == "fashion":
         c.data.update(name=f"idx:{FASHION_IDX}", crop=24, pool=2, n=48)
         c.model.update(patch=2, hidden=64, depth=3, heads=8)
+        c.train.update(steps=8000)
     elif arg == "cifar10":
         c.data.update(name="tfds:cifar10", n=5000)
         c.model.update(name="S/2", hidden=0, depth=0, heads=0, patch=0)

@@ -299,6 +299,12 @@ def _group_sampler(model: dit_lib.DiT, shape: tuple[int, ...], method: str, deno
 CPU_WORKERS = min(2, os.cpu_count() or 1)   # models sampled at once by sample_group on the CPU
 
 
+def group_vmapped() -> bool:
+    """Whether `sample_group` samples a group's models as one vmapped batch by default (accelerators) rather than
+    one after another (the CPU)."""
+    return jax.default_backend() != "cpu"
+
+
 def sample_group(model: dit_lib.DiT, params: PyTree, head_masks, keys: Array, cfg: SamplerConfig, u_min: float, *,
                  progress: bool = False, devices: Optional[Sequence[jax.Device]] = None,
                  vmap: Optional[bool] = None) -> np.ndarray:
@@ -313,7 +319,7 @@ def sample_group(model: dit_lib.DiT, params: PyTree, head_masks, keys: Array, cf
         raise ValueError(f"head_masks must have shape (M, depth, max_heads) = {(m, model.depth, model.max_heads)}, "
                          f"got {head_masks.shape}")
     if vmap is None:
-        vmap = jax.default_backend() != "cpu"
+        vmap = group_vmapped()
     if not vmap:
         def one(i):
             return sample(model, jax.tree.map(lambda a: a[i], params), keys[i], cfg, u_min, head_mask=head_masks[i],

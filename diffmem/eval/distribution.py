@@ -4,7 +4,6 @@ quality columns of Table 1 of arXiv 2511.03202."""
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 from typing import Any, Callable
 
@@ -14,6 +13,7 @@ import numpy as np
 
 Array = jax.Array
 
+from diffmem import io
 from diffmem.eval.neighbors import DEFAULT_CHUNK, _as_points, _check_chunk, _check_pair, _topk_core
 
 
@@ -138,7 +138,7 @@ _REAL_RADII_MAX = 4
 
 
 def _real_radii(real: np.ndarray, k: int, chunk: int) -> np.ndarray:
-    key = (hashlib.sha1(np.ascontiguousarray(real).view(np.uint8)).hexdigest(), real.shape, k, chunk)
+    key = (io.sha1_arrays(real), k, chunk)
     if key not in _REAL_RADII:
         if len(_REAL_RADII) >= _REAL_RADII_MAX:
             _REAL_RADII.pop(next(iter(_REAL_RADII)))

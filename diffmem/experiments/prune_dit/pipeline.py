@@ -292,7 +292,7 @@ def evaluate_group(ctx: Context, runs: list[Run], all_runs: list[Run], tag: str,
     # model i's samples depend only on its own key, so they equal those of the whole group. Where the group is
     # vmapped (accelerators) the selection is padded back to the group's size: one compiled sampler.
     todo = [i for i, r in enumerate(runs[:members]) if done[r.id] is None]
-    sel = todo + [todo[-1]] * (len(runs) - len(todo)) if jax.default_backend() != "cpu" else todo
+    sel = todo + [todo[-1]] * (len(runs) - len(todo)) if idf.group_vmapped() else todo
     with Stopwatch(ctx, "sampling"):
         keys = jnp.stack([rng.stream(s.seed, "samples", runs[i].base, runs[i].repeat) for i in sel])
         sampled = idf.sample_group(model, jax.tree.map(lambda a: a[np.asarray(sel)], params), masks[sel], keys,

@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-Array = jax.Array
-
 from diffmem import io
 from diffmem.eval.neighbors import DEFAULT_CHUNK, _as_points, _check_chunk, _check_pair, _topk_core
+
+Array = jax.Array
 
 
 def _as_features(name: str, a, min_rows: int = 2) -> np.ndarray:

@@ -253,7 +253,8 @@ def empirical_stats_streaming(x: Array, t: Array, data: np.ndarray, mask: Option
     return st
 
 
-def _check_data(x: Array, data: Array, mask: Optional[Array]):
+def _check_data_shapes(x: Array, data: Array, mask: Optional[Array]):
+    """Shape checks (free: no pass over the data). Raises ValueError naming the argument."""
     if data.ndim != 2:
         raise ValueError(f"data must have shape (n, d), got {data.shape}")
     if data.shape[0] == 0:
@@ -262,26 +263,51 @@ def _check_data(x: Array, data: Array, mask: Optional[Array]):
         raise ValueError(f"dimension mismatch: queries x have d={x.shape[-1]}, data has d={data.shape[1]}")
     if mask is not None and mask.shape != data.shape[:1]:
         raise ValueError(f"mask must have shape (n,)=({data.shape[0]},), got {mask.shape}")
-    if _is_concrete(data) and not np.isfinite(np.asarray(data)).all():
+
+
+def _raise_on_bad_values(t_min, data_finite, count):
+    """The value checks of `empirical_score` / `empirical_logpdf`, from numbers computed with the result."""
+    sde.check_time(t_min)
+    if not data_finite:
         raise ValueError("data contains NaN or inf")
-    if mask is not None and _is_concrete(mask) and not (np.asarray(mask) > 0).any():
+    if count <= 0:
         raise ValueError("mask selects no training point (n = 0); at least one entry must be > 0")
 
 
-def _is_concrete(a) -> bool:
-    return not isinstance(a, jax.core.Tracer)
+@functools.partial(jax.jit, static_argnames=("chunk", "logpdf"))
+def _empirical_checked(x: Array, t: Array, data: Array, mask: Optional[Array], chunk: int, logpdf: bool):
+    """score_hat (m, d) or log P_hat_t (m,), and the numbers `_raise_on_bad_values` checks (min t, data all
+    finite, number of unmasked points), in one compiled program: the checks ride along with the computation
+    instead of costing an eager pass over the n x d data before it (10% of the time at n = 5e4, d = 3072)."""
+    t = jnp.broadcast_to(t, x.shape[:1])                  # (m,)
+    st = empirical_stats(x, t, data, mask, chunk)
+    out = logpdf_from_stats(st, x, t) if logpdf else score_from_stats(st, x, t)
+    return out, (jnp.min(t), jnp.all(jnp.isfinite(data)), st.count)
+
+
+def _empirical(x: Array, t: Array, data: Array, mask: Optional[Array], chunk: int, logpdf: bool) -> Array:
+    x, t = _query_shapes(x, t, data.shape[-1])
+    data = jnp.asarray(data)
+    _check_data_shapes(x, data, mask)
+    out, checks = _empirical_checked(x, t, data, mask, max(1, min(chunk, data.shape[0])), logpdf)
+    if not any(isinstance(c, jax.core.Tracer) for c in checks):
+        _raise_on_bad_values(*(v.item() for v in jax.device_get(checks)))
+    else:    # inside someone's jit / grad / vmap: the concrete arguments are checked here, as before
+        concrete = lambda a: not isinstance(a, jax.core.Tracer)
+        _raise_on_bad_values(float(jnp.min(t)) if concrete(t) else 1.0,
+                             not concrete(data) or np.isfinite(np.asarray(data)).all(),
+                             1 if mask is None or not concrete(mask) else int((np.asarray(mask) > 0).sum()))
+    return out
 
 
 def empirical_score(x: Array, t: Array, data: Array, mask: Optional[Array] = None,
                     chunk: int = 4096) -> Array:
     """score_hat(x, t) = (alpha_t sum_i w_i x_i - x) / sigma_t^2 (Section 3 of the paper).
 
-    x (m, d); t () or (m,); data (n, d); mask (n,) or None. Returns (m, d).
+    x (m, d); t () or (m,); data (n, d); mask (n,) or None. Returns (m, d). Raises ValueError for t <= 0, data
+    with NaN / inf, or a mask that selects no point (checked with the result, in the same compiled program).
     """
-    x, t = _check_queries(x, t, data.shape[-1])
-    _check_data(x, data, mask)
-    st = empirical_stats(x, t, data, mask, chunk)
-    return score_from_stats(st, x, t)
+    return _empirical(x, t, data, mask, chunk, logpdf=False)
 
 
 def score_from_stats(st: EmpiricalStats, x: Array, t: Array) -> Array:
@@ -299,14 +325,13 @@ def logpdf_from_stats(st: EmpiricalStats, x: Array, t: Array) -> Array:
 
 def empirical_logpdf(x: Array, t: Array, data: Array, mask: Optional[Array] = None,
                      chunk: int = 4096) -> Array:
-    """log P_hat_t(x), P_hat_t = (1/n) sum_i N(alpha_t x_i, sigma_t^2 I). x (m, d) -> (m,)."""
-    x, t = _check_queries(x, t, data.shape[-1])
-    _check_data(x, data, mask)
-    return logpdf_from_stats(empirical_stats(x, t, data, mask, chunk), x, t)
+    """log P_hat_t(x), P_hat_t = (1/n) sum_i N(alpha_t x_i, sigma_t^2 I). x (m, d) -> (m,). Checks as
+    `empirical_score`."""
+    return _empirical(x, t, data, mask, chunk, logpdf=True)
 
 
-def _check_queries(x: Array, t: Array, d: int, allow_zero: bool = False):
-    """Validates queries (m, d) and broadcasts t to (m,). Raises ValueError on bad input."""
+def _query_shapes(x: Array, t: Array, d: int) -> tuple[Array, Array]:
+    """Shape checks of queries x (m, d) and times t (() or (m,)); returns them as arrays (t not broadcast)."""
     x = jnp.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"queries x must have shape (m, d), got {x.shape}")
@@ -315,6 +340,12 @@ def _check_queries(x: Array, t: Array, d: int, allow_zero: bool = False):
     t = jnp.asarray(t, x.dtype)
     if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != x.shape[0]):
         raise ValueError(f"t must be a scalar or have shape (m,)=({x.shape[0]},), got {t.shape}")
+    return x, t
+
+
+def _check_queries(x: Array, t: Array, d: int, allow_zero: bool = False):
+    """Validates queries (m, d) and broadcasts t to (m,). Raises ValueError on bad input."""
+    x, t = _query_shapes(x, t, d)
     if allow_zero and not isinstance(t, jax.core.Tracer):
         if not bool(jnp.all(t >= 0)):
             raise ValueError(f"t must be >= 0, got min {float(jnp.min(t))}")

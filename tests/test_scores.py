@@ -169,6 +169,17 @@ def test_bad_inputs_raise_clear_errors():
         scores.empirical_score(x, 0.1, data, jnp.zeros((4,)))
     with pytest.raises(ValueError, match="NaN"):
         scores.empirical_score(x, 0.1, data.at[0, 0].set(jnp.nan))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        scores.empirical_logpdf(x, 0.1, data.at[3, 2].set(-jnp.inf))
+    # the same checks when x is traced (under grad): the concrete data, mask and t are still checked
+    grad = lambda d, m=None, t=0.1: jax.grad(lambda q: scores.empirical_logpdf(q, t, d, m).sum())(x)
+    assert np.all(np.isfinite(grad(data)))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        grad(data.at[0, 0].set(jnp.nan))
+    with pytest.raises(ValueError, match="n = 0"):
+        grad(data, jnp.zeros((4,)))
+    with pytest.raises(ValueError, match="t must be > 0"):
+        grad(data, None, -1.0)
     with pytest.raises(ValueError, match="cov_type"):
         scores.gaussian_mixture(jnp.zeros((2, 3)), 1.0, cov_type="banana")
     with pytest.raises(ValueError, match="diagonal cov"):

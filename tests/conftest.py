@@ -57,9 +57,11 @@ def pytest_unconfigure(config):
 # The longest test files first (measured: `pytest --durations=60`), so that pytest-xdist (`--dist loadfile
 # --no-loadscope-reorder`: files handed out in this order, each worker starting with two) starts them at once on
 # all workers instead of leaving one of them alone at the end (its default order puts the files with the most tests
-# first: the 2-process experiment files came last); the other files keep their order.
-LONGEST_FIRST = ("test_multiprocess_dit_experiments.py", "test_multiprocess_experiments.py", "test_approximation.py",
-                 "test_prune_dit.py", "test_multiprocess.py", "test_gmm_lab.py", "test_train_dit.py")
+# first); the other files keep their order. The experiments' files hold their 1-process smoke run and the 2-process
+# check against it (tests/two_process.py).
+LONGEST_FIRST = ("test_gmm_lab.py", "test_approximation.py", "test_prune_dit.py", "test_train_dit.py",
+                 "test_prune_dit_pieces.py", "test_multiprocess.py", "test_loss_gap.py", "test_dit_formulation.py",
+                 "test_audit.py")
 
 
 def _file_rank(item):

@@ -13,6 +13,8 @@ from configs import approximation as approx_cfg
 from diffmem import experiments, losses, scores, sde
 from diffmem.experiments import approximation as ap
 
+import two_process
+
 
 def _config(arg="smoke"):
     return approx_cfg.get_config(arg)
@@ -158,9 +160,21 @@ def test_claims_fail_or_leave_out_open_widths():
     assert c["empirical_grows_d2"]["verdict"] == "inconclusive" and c["empirical_grows_d2"]["estimate"] is None
 
 
-def test_approximation_smoke_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("approximation_smoke")
     config = _config()
-    res = experiments.run(config, str(tmp_path))
+    res = experiments.run(config, str(workdir))
+    return config, workdir, res, two_process.snapshot(str(workdir))
+
+
+def test_two_processes_equal_one_process(smoke_run, tmp_path):
+    """The smoke run, run again as 2 processes x 2 devices: the same results, files only from process 0."""
+    two_process.check("approximation", {}, smoke_run[3], str(tmp_path / "two"))
+
+
+def test_approximation_smoke_end_to_end(smoke_run):
+    config, tmp_path, res, _ = smoke_run
     with open(tmp_path / "results.json") as f:
         saved = json.load(f)
     for key in ("width_star", "claims", "attention", "params", "cells", "dims", "ns"):

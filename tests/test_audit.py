@@ -19,6 +19,8 @@ from diffmem import experiments
 from diffmem.experiments import audit
 from diffmem.experiments.audit import inputs, report
 
+import two_process
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COPIES = [3, 7, 12, 20, 41, 44]          # training images copied by samples 0..5; 7 is duplicated (= 30)
 DUP = (7, 30)
@@ -48,12 +50,25 @@ def _config(**over):
     return c
 
 
-def test_npz_audit_finds_exactly_the_copies(tmp_path):
-    train, samples = _scene(tmp_path)
-    wd = str(tmp_path / "run")
-    r = experiments.run(_config(samples=str(tmp_path / "samples.npz"), train=f"npz:{tmp_path / 'train.npz'}",
-                                reference=f"npz:{tmp_path / 'ref.npz'}"), wd)
-    m = len(samples)
+@pytest.fixture(scope="module")
+def npz_run(tmp_path_factory):
+    """The smoke preset on the npz scene (samples, training set and reference as .npz files)."""
+    root = tmp_path_factory.mktemp("audit_npz")
+    _, samples = _scene(root)
+    overrides = {"samples": str(root / "samples.npz"), "train": f"npz:{root / 'train.npz'}",
+                 "reference": f"npz:{root / 'ref.npz'}"}
+    wd = str(root / "run")
+    r = experiments.run(two_process.smoke_config(config_module, overrides), wd)
+    return overrides, wd, r, len(samples), two_process.snapshot(wd)
+
+
+def test_two_processes_equal_one_process(npz_run, tmp_path):
+    """The npz audit, run again as 2 processes x 2 devices: the same results, files only from process 0."""
+    two_process.check("audit", npz_run[0], npz_run[4], str(tmp_path / "two"))
+
+
+def test_npz_audit_finds_exactly_the_copies(npz_run):
+    _, wd, r, m, _ = npz_run
     mem = r["memorization"]
     # as given: the copy of the duplicated image has NN1 = NN2 (distance equal) and is not memorized: 5 of 20
     assert (mem["count"], mem["n"], mem["ratio"]) == (5, 20, 0.25)

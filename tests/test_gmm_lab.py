@@ -19,6 +19,8 @@ from diffmem import experiments, gmm_lab, losses, sampling, scores, training
 from diffmem.experiments import gmm_memorization as gmm_mem
 from diffmem.models import mlp
 
+import two_process
+
 D = 3
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -186,9 +188,21 @@ def test_mixture_loglik_and_radius_against_scipy():
         gmm_lab.sample_metrics(np.full((3, 4), np.nan), x[:10], mix)
 
 
-def test_gmm_memorization_smoke_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("gmm_smoke")
     config = _config()
-    res = experiments.run(config, str(tmp_path))
+    res = experiments.run(config, str(workdir))
+    return config, workdir, res, two_process.snapshot(str(workdir))
+
+
+def test_two_processes_equal_one_process(smoke_run, tmp_path):
+    """The smoke run, run again as 2 processes x 2 devices: the same results, files only from process 0."""
+    two_process.check("gmm_memorization", {}, smoke_run[3], str(tmp_path / "two"))
+
+
+def test_gmm_memorization_smoke_end_to_end(smoke_run):
+    config, tmp_path, res, _ = smoke_run
     with open(tmp_path / "results.json") as f:
         saved = json.load(f)
     for key in ("fig2", "fig3a_size", "fig3a_dim", "fig3b", "references", "claims", "cells"):

@@ -14,6 +14,8 @@ from configs import loss_gap as loss_gap_config
 from diffmem import experiments, scores, sde
 from diffmem.experiments import loss_gap
 
+import two_process
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -94,19 +96,29 @@ def test_claims_are_inconclusive_when_training_sets_disagree():
     assert c["limit"]["verdict"] == "inconclusive" and c["limit"]["ci_low"] < 0.9 < 1.1 < c["limit"]["ci_high"]
 
 
+SMOKE_OVERRIDES = {"dims": (4,), "ns": (10, 30), "num_times": 3, "num_queries": 64, "cov_scale": 0.5}
+
+
 def _smoke_config():
-    c = loss_gap_config.get_config("smoke")
-    c.dims = (4,)
-    c.ns = (10, 30)
-    c.num_times = 3
-    c.num_queries = 64
-    c.cov_scale = 0.5
-    return c
+    return two_process.smoke_config(loss_gap_config, SMOKE_OVERRIDES)
 
 
-def test_experiment_writes_results(tmp_path):
-    res = experiments.run(_smoke_config(), str(tmp_path))
-    written = json.loads((tmp_path / "results.json").read_text())
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("loss_gap_smoke")
+    res = experiments.run(_smoke_config(), str(workdir))
+    return workdir, res, two_process.snapshot(str(workdir))
+
+
+def test_two_processes_equal_one_process(smoke_run, tmp_path):
+    """The smoke run, run again through `python -m diffmem.main` as 2 processes x 2 devices: the same results,
+    files only from process 0."""
+    two_process.check("loss_gap", SMOKE_OVERRIDES, smoke_run[2], str(tmp_path / "two"))
+
+
+def test_experiment_writes_results(smoke_run, tmp_path):
+    workdir, res, _ = smoke_run
+    written = json.loads((workdir / "results.json").read_text())
     assert written["summary"] == json.loads(json.dumps(res["summary"]))
     assert len(written["records"]) == 1 * 2 * 3
     t1 = loss_gap.window_end(4, 1.0, 0.5)
@@ -123,12 +135,12 @@ def test_experiment_writes_results(tmp_path):
     for c in written["claims"]:
         assert c["verdict"] in ("holds", "fails", "inconclusive") and c["n_bases"] == 2
         assert c["ci_low"] <= c["estimate"] <= c["ci_high"]
-    assert "limit_d4_n10" in (tmp_path / "claims.md").read_text()
+    assert "limit_d4_n10" in (workdir / "claims.md").read_text()
     assert written["timing"]["vmap_traces_d4"] == 1
     for f in ("config.json", "loss_gap_vs_t.png", "integrated_gap.png", "gap_sigma2_over_d.png"):
-        assert (tmp_path / f).exists()
-    # same seed, same numbers
-    again = experiments.run(_smoke_config(), str(tmp_path / "again"))
+        assert (workdir / f).exists()
+    # same seed, same numbers (a fresh workdir)
+    again = experiments.run(_smoke_config(), str(tmp_path))
     assert again["records"] == res["records"]
 
 
@@ -146,17 +158,12 @@ def test_bad_config_values(tmp_path, field, value, match):
         experiments.run(c, str(tmp_path))
 
 
-def test_main_entry_smoke_and_unknown_key(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    base = [sys.executable, "-m", "diffmem.main", "--config=configs/loss_gap.py:smoke",
-            f"--workdir={tmp_path}", "--config.dims=(4,)", "--config.ns=(10,20)", "--config.num_times=2",
-            "--config.num_queries=32", "--config.time_loop=False"]
-    proc = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads((tmp_path / "results.json").read_text())
-    assert {r["n"] for r in res["records"]} == {10, 20}
-    bad = subprocess.run(base + ["--config.not_a_field=3"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
+def test_main_entry_rejects_an_unknown_key(tmp_path):
+    """(The entry point's successful run is test_two_processes_equal_one_process's.)"""
+    cmd = [sys.executable, "-m", "diffmem.main", "--config=configs/loss_gap.py:smoke", f"--workdir={tmp_path}",
+           "--config.not_a_field=3"]
+    bad = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                         timeout=300)
     assert bad.returncode != 0
     assert "not_a_field" in bad.stderr
 

@@ -15,6 +15,8 @@ from diffmem import experiments, image_diffusion as idf, losses, sampling, sde, 
 from diffmem.config import SamplerConfig
 from diffmem.experiments import train_dit
 
+import two_process
+
 
 U_MIN = 1e-3
 SMOKE_STEPS = 8  # sampler steps of the smoke preset: the tests share its compiled sampler (same model, grid size)
@@ -171,17 +173,26 @@ def test_sampler_config_errors():
 
 # ---------------------------------------------------------------- experiment
 
+# tensorboard event files: checked in test_smoke_end_to_end (the `test` extra has the writer)
+SMOKE_OVERRIDES = {"train.tensorboard": tracking.available()}
+SMOKE_SNAPSHOT = {}
+
+
 def smoke_config():
-    config = config_module.get_config("smoke")
-    config.train.tensorboard = tracking.available()   # checked in test_smoke_end_to_end (the `test` extra has it)
-    return config
+    return two_process.smoke_config(config_module, SMOKE_OVERRIDES)
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("train_dit_smoke"))
     results = experiments.run(smoke_config(), workdir)
+    SMOKE_SNAPSHOT.update(two_process.snapshot(workdir))
     return workdir, results
+
+
+def test_two_processes_equal_one_process(smoke_run, tmp_path):
+    """The smoke run above, run again as 2 processes x 2 devices: the same results, files only from process 0."""
+    two_process.check("train_dit", SMOKE_OVERRIDES, SMOKE_SNAPSHOT, str(tmp_path / "two"))
 
 
 def _png(path):

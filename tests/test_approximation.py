@@ -163,9 +163,7 @@ def test_claims_fail_or_leave_out_open_widths():
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("approximation_smoke")
-    config = _config()
-    res = experiments.run(config, str(workdir))
-    return config, workdir, res, two_process.snapshot(str(workdir))
+    return (workdir, *two_process.run_smoke(approx_cfg, {}, workdir))
 
 
 def test_two_processes_equal_one_process(smoke_run, tmp_path):
@@ -174,7 +172,7 @@ def test_two_processes_equal_one_process(smoke_run, tmp_path):
 
 
 def test_approximation_smoke_end_to_end(smoke_run):
-    config, tmp_path, res, _ = smoke_run
+    tmp_path, config, res, _ = smoke_run
     with open(tmp_path / "results.json") as f:
         saved = json.load(f)
     for key in ("width_star", "claims", "attention", "params", "cells", "dims", "ns"):

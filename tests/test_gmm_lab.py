@@ -191,9 +191,7 @@ def test_mixture_loglik_and_radius_against_scipy():
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("gmm_smoke")
-    config = _config()
-    res = experiments.run(config, str(workdir))
-    return config, workdir, res, two_process.snapshot(str(workdir))
+    return (workdir, *two_process.run_smoke(gmm_cfg, {}, workdir))
 
 
 def test_two_processes_equal_one_process(smoke_run, tmp_path):
@@ -202,7 +200,7 @@ def test_two_processes_equal_one_process(smoke_run, tmp_path):
 
 
 def test_gmm_memorization_smoke_end_to_end(smoke_run):
-    config, tmp_path, res, _ = smoke_run
+    tmp_path, config, res, _ = smoke_run
     with open(tmp_path / "results.json") as f:
         saved = json.load(f)
     for key in ("fig2", "fig3a_size", "fig3a_dim", "fig3b", "references", "claims", "cells"):

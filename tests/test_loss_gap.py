@@ -106,8 +106,8 @@ def _smoke_config():
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("loss_gap_smoke")
-    res = experiments.run(_smoke_config(), str(workdir))
-    return workdir, res, two_process.snapshot(str(workdir))
+    _, res, snapshot = two_process.run_smoke(loss_gap_config, SMOKE_OVERRIDES, workdir)
+    return workdir, res, snapshot
 
 
 def test_two_processes_equal_one_process(smoke_run, tmp_path):

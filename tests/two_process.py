@@ -48,6 +48,15 @@ def smoke_config(module, overrides: dict):
     return config
 
 
+def run_smoke(module, overrides: dict, workdir) -> tuple:
+    """Runs the smoke preset with `overrides` in this process: (config, results, `snapshot` of the workdir taken
+    right after the run)."""
+    from diffmem import experiments
+    config = smoke_config(module, overrides)
+    results = experiments.run(config, str(workdir))
+    return config, results, snapshot(str(workdir))
+
+
 def _cli_value(v) -> str:
     if isinstance(v, (tuple, list)):
         return "(" + "".join(f"{x!r}," for x in v) + ")"

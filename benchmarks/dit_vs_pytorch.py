@@ -185,14 +185,19 @@ class TorchSide:
         self.shape = (channels, image_size, image_size)
         # OU time of the DDPM linear schedule (diffmem.sde.ddpm_time): t(u) = N (b0 u + (b1 - b0) u^2 / 2)
         self.t_of_u = lambda uu: 1000 * (1e-4 * uu + (0.02 - 1e-4) * uu * uu / 2)
-        self.mm_ops = []
-        for bc, m, k, n, form in train_matmuls(image_size, channels, patch, hidden, depth, heads, batch):
+        self.mm_shapes = train_matmuls(image_size, channels, patch, hidden, depth, heads, batch)
+        self.mm_ops = None   # built by the first `matmul` call (at DiT-S/2 the operands take ~10 GB)
+
+    def _matmul_ops(self):
+        torch = self.torch
+        ops = []
+        for bc, m, k, n, form in self.mm_shapes:
             a = torch.randn(bc, *((k, m) if form == "tn" else (m, k)))
             b = torch.randn(bc, *((n, k) if form == "nt" else (k, n)))
             tr = {"nn": lambda a, b: torch.bmm(a, b), "nt": lambda a, b: torch.bmm(a, b.transpose(1, 2)),
                   "tn": lambda a, b: torch.bmm(a.transpose(1, 2), b)}[form]
-            self.mm_ops.append((tr, a, b) if bc > 1 else
-                               ((lambda f: lambda a, b: f(a[None], b[None]))(tr), a[0], b[0]))
+            ops.append((tr, a, b) if bc > 1 else ((lambda f: lambda a, b: f(a[None], b[None]))(tr), a[0], b[0]))
+        return ops
 
     def train_step(self):
         torch = self.torch
@@ -216,6 +221,7 @@ class TorchSide:
     def matmul(self):
         """The step's matrix products alone (`train_matmuls`), on resident random operands."""
         torch = self.torch
+        self.mm_ops = self.mm_ops or self._matmul_ops()
         with torch.inference_mode():
             for f, a, b in self.mm_ops:
                 f(a, b)
@@ -350,9 +356,11 @@ class JaxSide:
         self.keys = jax.random.split(jax.random.key(2), sample_batch)
         self.mask = jnp.ones((model.depth, model.max_heads), jnp.float32)
         shapes = train_matmuls(image_size, channels, patch, hidden, depth, heads, batch)
-        self.mm_args = [(jnp.asarray(rng.standard_normal((bc,) + ((k, m) if form == "tn" else (m, k))), jnp.float32),
-                         jnp.asarray(rng.standard_normal((bc,) + ((n, k) if form == "nt" else (k, n))), jnp.float32))
-                        for bc, m, k, n, form in shapes]
+        # the operands are built by the first `matmul` call (at DiT-S/2 they take ~10 GB)
+        self.mm_args = lambda: [
+            (jnp.asarray(rng.standard_normal((bc,) + ((k, m) if form == "tn" else (m, k))), jnp.float32),
+             jnp.asarray(rng.standard_normal((bc,) + ((n, k) if form == "nt" else (k, n))), jnp.float32))
+            for bc, m, k, n, form in shapes]
         forms = [form for *_, form in shapes]
         eq = {"nn": "bmk,bkn->bmn", "nt": "bmk,bnk->bmn", "tn": "bkm,bkn->bmn"}
 
@@ -374,6 +382,8 @@ class JaxSide:
             out.block_until_ready()
 
     def matmul(self, iters=1):
+        if callable(self.mm_args):
+            self.mm_args = self.mm_args()
         for _ in range(iters):
             self.jax.block_until_ready(self.matmuls(self.mm_args))
 

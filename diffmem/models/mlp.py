@@ -28,6 +28,7 @@ Use through the pure `make_apply(model)(params, x, t) -> score` and `init_params
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -125,8 +126,10 @@ class ScoreMLP(nn.Module):
         return out
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init_params(model: ScoreMLP, key: Array) -> dict:
-    """Parameters of `model` (the 'params' collection) for inputs of dimension model.dim."""
+    """Parameters of `model` (the 'params' collection) for inputs of dimension model.dim (one compiled program per
+    model, instead of one per operation of an eager initialisation)."""
     x = jnp.zeros((1, model.dim), jnp.float32)
     return model.init(key, x, jnp.ones((1,), jnp.float32))["params"]
 

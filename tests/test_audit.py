@@ -58,8 +58,8 @@ def npz_run(tmp_path_factory):
     overrides = {"samples": str(root / "samples.npz"), "train": f"npz:{root / 'train.npz'}",
                  "reference": f"npz:{root / 'ref.npz'}"}
     wd = str(root / "run")
-    r = experiments.run(two_process.smoke_config(config_module, overrides), wd)
-    return overrides, wd, r, len(samples), two_process.snapshot(wd)
+    _, r, snapshot = two_process.run_smoke(config_module, overrides, wd)
+    return overrides, wd, r, len(samples), snapshot
 
 
 def test_two_processes_equal_one_process(npz_run, tmp_path):

@@ -24,21 +24,19 @@ U_MIN = 1e-3
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
+    """(config, workdir, results, snapshot): the snapshot is taken before the resume test below touches the workdir."""
     workdir = str(tmp_path_factory.mktemp("prune_smoke"))
-    config = two_process.smoke_config(prune_cfg, SMOKE_OVERRIDES)
-    results = experiments.run(config, workdir)
-    SMOKE_SNAPSHOT.update(two_process.snapshot(workdir))   # before the resume test below touches the workdir
-    return config, workdir, results
+    config, results, snapshot = two_process.run_smoke(prune_cfg, SMOKE_OVERRIDES, workdir)
+    return config, workdir, results, snapshot
 
 
 # the weight-decay bases with decay 0: the same training as the bases (a check of that path, see below)
 SMOKE_OVERRIDES = {"weight_decay.base": True, "weight_decay.base_value": 0.0}
-SMOKE_SNAPSHOT = {}
 
 
 def test_two_processes_equal_one_process(smoke, tmp_path):
     """The smoke run above, run again as 2 processes x 2 devices: the same results, files only from process 0."""
-    two_process.check("prune_dit", SMOKE_OVERRIDES, SMOKE_SNAPSHOT, str(tmp_path / "two"))
+    two_process.check("prune_dit", SMOKE_OVERRIDES, smoke[3], str(tmp_path / "two"))
 
 
 def _run(results, method, eta, base=0, repeat=0):
@@ -50,7 +48,7 @@ def _run(results, method, eta, base=0, repeat=0):
 # ---------------------------------------------------------------- end to end
 
 def test_smoke_outputs_plan_and_masks(smoke):
-    config, workdir, res = smoke
+    config, workdir, res, _ = smoke
     for f in ("results.json", "table.md", "config.json", "frontier.png", "memorization_fd_vs_eta.png",
               "importance_heatmap.png", "where_decided.png", "samples_original.png", "samples_importance.png",
               "exported/importance_eta0.25/model.json", "exported/importance_eta0.25/params.msgpack"):
@@ -113,7 +111,7 @@ def test_smoke_outputs_plan_and_masks(smoke):
 def test_numbers_recomputed_independently(smoke):
     """The stored memorization of the kept importance model (base 0, repeat 0) from a single-model re-sampling and a
     brute-force nearest-neighbour search; the vmapped group fine-tune equals fine-tuning that model alone."""
-    config, workdir, res = smoke
+    config, workdir, res, _ = smoke
     s = P.parse_config(config)
     d, _ = pipeline.load_data(s)
     model = idf.model_from_config(d.image_shape, s.model)
@@ -142,7 +140,7 @@ def test_numbers_recomputed_independently(smoke):
 
 
 def test_resume_reuses_pieces_and_redoes_a_killed_group(smoke):
-    config, workdir, res = smoke
+    config, workdir, res, _ = smoke
     again = experiments.run(config, workdir)
     c = again["this_run"]
     assert c["base_steps_trained"] == 0 and c["runs_computed"] == 0 and c["scores_computed"] == 0

@@ -175,7 +175,6 @@ def test_sampler_config_errors():
 
 # tensorboard event files: checked in test_smoke_end_to_end (the `test` extra has the writer)
 SMOKE_OVERRIDES = {"train.tensorboard": tracking.available()}
-SMOKE_SNAPSHOT = {}
 
 
 def smoke_config():
@@ -184,15 +183,15 @@ def smoke_config():
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
+    """(workdir, results, snapshot): the snapshot is taken before other tests touch the workdir."""
     workdir = str(tmp_path_factory.mktemp("train_dit_smoke"))
-    results = experiments.run(smoke_config(), workdir)
-    SMOKE_SNAPSHOT.update(two_process.snapshot(workdir))
-    return workdir, results
+    _, results, snapshot = two_process.run_smoke(config_module, SMOKE_OVERRIDES, workdir)
+    return workdir, results, snapshot
 
 
 def test_two_processes_equal_one_process(smoke_run, tmp_path):
     """The smoke run above, run again as 2 processes x 2 devices: the same results, files only from process 0."""
-    two_process.check("train_dit", SMOKE_OVERRIDES, SMOKE_SNAPSHOT, str(tmp_path / "two"))
+    two_process.check("train_dit", SMOKE_OVERRIDES, smoke_run[2], str(tmp_path / "two"))
 
 
 def _png(path):
@@ -202,7 +201,7 @@ def _png(path):
 
 
 def test_smoke_end_to_end(smoke_run):
-    workdir, results = smoke_run
+    workdir, results, _ = smoke_run
     cfg = smoke_config()
     with open(os.path.join(workdir, "results.json")) as f:
         on_disk = json.load(f)

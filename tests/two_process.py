@@ -88,26 +88,22 @@ def snapshot(workdir: str) -> dict:
 
 
 def compare(a, b, where="results"):
-    """Asserts a == b (floats to RTOL / ATOL), skipping timing keys; returns the skipped keys."""
-    skipped = set()
+    """Asserts a == b (floats to RTOL / ATOL), skipping timing keys."""
     if isinstance(a, dict):
         assert isinstance(b, dict), where
         assert set(a) == set(b), f"{where}: keys {sorted(set(a) ^ set(b))}"
         for k in a:
-            if TIMING_KEY.search(k):
-                skipped.add(k)
-                continue
-            skipped |= compare(a[k], b[k], f"{where}.{k}")
+            if not TIMING_KEY.search(k):
+                compare(a[k], b[k], f"{where}.{k}")
     elif isinstance(a, list):
         assert isinstance(b, list) and len(a) == len(b), f"{where}: {a!r} vs {b!r}"
         for i, (x, y) in enumerate(zip(a, b)):
-            skipped |= compare(x, y, f"{where}[{i}]")
+            compare(x, y, f"{where}[{i}]")
     elif isinstance(a, float) or isinstance(b, float):
         assert isinstance(a, (int, float)) and isinstance(b, (int, float)), f"{where}: {a!r} vs {b!r}"
         assert math.isclose(a, b, rel_tol=RTOL, abs_tol=ATOL), f"{where}: {a!r} (1 process) vs {b!r} (2 processes)"
     else:
         assert a == b, f"{where}: {a!r} (1 process) vs {b!r} (2 processes)"
-    return skipped
 
 
 def env(**extra) -> dict:
